@@ -1,0 +1,231 @@
+"""The authorization middleware: every MCP operation passes a Cerbos decision first.
+
+- Lists (tools, resources, resource templates, prompts) are filtered with one batched
+  CheckResources per list.
+- A call, read or get is checked before anything runs; a denial is indistinguishable from a
+  component that does not exist, and unregistered names take the same path as real ones.
+- Methods that reveal no component (handshake, ping) are on an explicit allowlist; every other
+  method is refused as unknown.
+- Any PDP problem (down, slow, error, malformed reply) denies with "authorization unavailable";
+  a list fails visibly instead of coming back empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from fastmcp.exceptions import McpError, ToolError
+from fastmcp.server.dependencies import get_access_token
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+
+from server.authz import components
+from server.authz.components import ComponentType
+from server.authz.pdp import (
+    AuthorizationUnavailable,
+    CheckResult,
+    PolicyDecisionPoint,
+    ResourceDecision,
+    ResourceRef,
+)
+from server.principal import InvalidClaims, Principal, principal_from_claims
+from server.request_context import RequestInfo, bind_request, current_request, unbind_request
+
+log = logging.getLogger(__name__)
+
+# JSON-RPC error codes (implementation-defined server range).
+AUTHORIZATION_UNAVAILABLE: Final = -32001
+NOT_AUTHORIZED: Final = -32003
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+
+# Requests that reveal no component and change nothing: served without a decision.
+OPEN_METHODS: Final = frozenset({"initialize", "server/discover", "ping"})
+# Requests decided by the PDP, in the typed hooks below.
+AUTHORIZED_METHODS: Final = frozenset(
+    {
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+    }
+)
+# Notifications the protocol needs; any other notification is dropped unprocessed.
+OPEN_NOTIFICATIONS: Final = frozenset(
+    {"notifications/initialized", "notifications/cancelled", "notifications/progress"}
+)
+
+UNAVAILABLE_MESSAGE: Final = (
+    "Authorization unavailable: the policy decision point could not be reached, "
+    "so nothing was run. Try again shortly."
+)
+
+C = TypeVar("C")
+
+
+def not_found(component_type: ComponentType, name: str) -> Exception:
+    """Exactly what FastMCP answers for a component that does not exist."""
+    if component_type == "tool":
+        return ToolError(f"Unknown tool: '{name}'")
+    if component_type == "resource":
+        return McpError(
+            code=INVALID_PARAMS, message=f"Resource not found: '{name}'", data={"uri": name}
+        )
+    return McpError(code=INVALID_PARAMS, message=f"Unknown prompt: '{name}'")
+
+
+class AuthorizationMiddleware(Middleware):
+    def __init__(self, pdp: PolicyDecisionPoint, *, local_principal: Principal | None) -> None:
+        self.pdp = pdp
+        # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
+        self.local_principal = local_principal
+
+    # --- every request -------------------------------------------------------------------------
+
+    async def on_request(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        method = context.method or ""
+        if method in OPEN_METHODS:
+            return await call_next(context)
+        if method not in AUTHORIZED_METHODS:
+            raise McpError(code=METHOD_NOT_FOUND, message="Method not found")
+        principal = self._principal(context)
+        if principal is None:
+            raise McpError(
+                code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
+            )
+        token = bind_request(RequestInfo(request_id=uuid.uuid4().hex, principal=principal))
+        try:
+            return await call_next(context)
+        finally:
+            unbind_request(token)
+
+    async def on_notification(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        if context.method in OPEN_NOTIFICATIONS:
+            return await call_next(context)
+        log.debug("dropped notification %s", context.method)
+        return None
+
+    def _principal(self, context: MiddlewareContext[Any]) -> Principal | None:
+        token = get_access_token()
+        if token is not None:
+            try:
+                return principal_from_claims(token.claims)
+            except InvalidClaims:
+                return None  # the verifier already refuses such tokens; belt and braces
+        transport = context.fastmcp_context.transport if context.fastmcp_context else None
+        if transport in ("stdio", None):
+            return self.local_principal
+        return None
+
+    # --- lists: one batched decision per list --------------------------------------------------
+
+    async def on_list_tools(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        return await self._filter(await call_next(context), components.tool_resource)
+
+    async def on_list_resources(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        return await self._filter(await call_next(context), components.resource_resource)
+
+    async def on_list_resource_templates(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        return await self._filter(await call_next(context), components.resource_resource)
+
+    async def on_list_prompts(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        return await self._filter(await call_next(context), components.prompt_resource)
+
+    async def _filter(self, items: Sequence[C], to_ref: Callable[[C], ResourceRef]) -> list[C]:
+        refs = [to_ref(item) for item in items]
+        result = await self._decide([(ref, (components.LIST_ACTION,)) for ref in refs])
+        return [
+            item
+            for item, decision in zip(items, result.decisions, strict=True)
+            if decision.allowed(components.LIST_ACTION)
+        ]
+
+    # --- single components: checked before anything runs ---------------------------------------
+
+    async def on_call_tool(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        name = context.message.name
+        tool = await _server(context).get_tool(name)
+        ref = (
+            components.tool_resource(tool)
+            if tool
+            else components.unregistered_resource("tool", name)
+        )
+        await self._require(ref, "tool", name, found=tool is not None)
+        return await call_next(context)
+
+    async def check_resource_access(self, context: MiddlewareContext[Any]) -> None:
+        uri = str(context.message.uri)
+        server = _server(context)
+        resource = await server.get_resource(uri) or await server.get_resource_template(uri)
+        ref = (
+            components.resource_resource(resource)
+            if resource
+            else components.unregistered_resource("resource", uri)
+        )
+        await self._require(ref, "resource", uri, found=resource is not None)
+
+    async def on_get_prompt(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        name = context.message.name
+        prompt = await _server(context).get_prompt(name)
+        ref = (
+            components.prompt_resource(prompt)
+            if prompt
+            else components.unregistered_resource("prompt", name)
+        )
+        await self._require(ref, "prompt", name, found=prompt is not None)
+        return await call_next(context)
+
+    async def _require(
+        self, ref: ResourceRef, component_type: ComponentType, name: str, *, found: bool
+    ) -> None:
+        action = components.USE_ACTION[component_type]
+        result = await self._decide([(ref, (action,))])
+        decision: ResourceDecision = result.decisions[0]
+        if not (found and decision.allowed(action)):
+            raise not_found(component_type, name)
+
+    # --- the one place a decision is made --------------------------------------------------------
+
+    async def _decide(self, entries: Sequence[tuple[ResourceRef, Sequence[str]]]) -> CheckResult:
+        info = current_request()
+        if info is None or info.principal is None:
+            raise McpError(
+                code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
+            )
+        try:
+            return await self.pdp.check(info.principal, entries, request_id=info.request_id)
+        except AuthorizationUnavailable as exc:
+            log.warning(
+                "authorization unavailable (%s) for request %s", exc.reason, info.request_id
+            )
+        except Exception:
+            # Fail closed on anything unexpected too, but keep the evidence.
+            log.exception("authorization failed for request %s", info.request_id)
+        raise McpError(code=AUTHORIZATION_UNAVAILABLE, message=UNAVAILABLE_MESSAGE)
+
+
+def _server(context: MiddlewareContext[Any]) -> Any:
+    if context.fastmcp_context is None:
+        raise McpError(code=NOT_AUTHORIZED, message="Not authorized: no server context")
+    return context.fastmcp_context.fastmcp

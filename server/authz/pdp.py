@@ -1,0 +1,248 @@
+"""Client of the Cerbos policy decision point (PDP), built to fail closed.
+
+Uses the cerbos SDK's protobuf messages and gRPC stub on a channel of our own, because the SDK's
+async client offers neither per-call deadlines (its ``timeout_secs`` goes through a gRPC service
+config that fires early) nor per-call metadata (needed to tag the PDP's audit log with our
+request id). Every answer is checked for shape before it is believed: a reply that does not
+describe exactly the resources and actions we asked about is treated as an outage, never as an
+ALLOW.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import grpc
+from cerbos.effect.v1 import effect_pb2
+from cerbos.engine.v1 import engine_pb2
+from cerbos.request.v1 import request_pb2
+from cerbos.response.v1 import response_pb2
+from cerbos.svc.v1 import svc_pb2_grpc
+from google.protobuf import json_format, struct_pb2
+
+from server.principal import Principal
+
+log = logging.getLogger(__name__)
+
+FailureReason = Literal["pdp_unavailable", "pdp_timeout", "invalid_reply", "invalid_request"]
+
+# Reconnect quickly after a PDP restart: gRPC's default backoff grows to two minutes, which
+# would keep every request denied long after the PDP is back.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+class AuthorizationUnavailable(Exception):
+    """The PDP could not give a trustworthy answer; callers must deny."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: FailureReason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    """One thing to authorize: a Cerbos resource kind, id and the attributes policies read."""
+
+    kind: str
+    id: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActionDecision:
+    action: str
+    allowed: bool
+    policy: str
+    # Policy outputs attached to this action, e.g. obligations. Cerbos returns the outputs of
+    # every activated rule, including ALLOW rules whose action ended DENY: act on them only
+    # when ``allowed`` is true.
+    outputs: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourceDecision:
+    resource: ResourceRef
+    actions: Mapping[str, ActionDecision]
+    validation_errors: tuple[str, ...] = ()
+
+    def allowed(self, action: str) -> bool:
+        decision = self.actions.get(action)
+        return decision is not None and decision.allowed
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    request_id: str
+    call_ids: tuple[str, ...]
+    decisions: tuple[ResourceDecision, ...]
+
+
+class PolicyDecisionPoint:
+    """Asks the PDP; owns one gRPC channel, created inside the running event loop."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_seconds: float,
+        max_resources_per_request: int,
+        tls_ca: bytes | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout_seconds = timeout_seconds
+        self.max_resources_per_request = max_resources_per_request
+        self._tls_ca = tls_ca
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: svc_pb2_grpc.CerbosServiceStub | None = None
+
+    async def start(self) -> None:
+        """Open the channel. Must run inside the loop that will use it (grpc.aio binds to it)."""
+        if self._tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
+            self._channel = grpc.aio.secure_channel(self.address, creds, options=_CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        self._stub = svc_pb2_grpc.CerbosServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = None
+
+    async def check(
+        self,
+        principal: Principal,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        *,
+        request_id: str,
+    ) -> CheckResult:
+        """Decide every (resource, actions) entry; chunked at the PDP's per-request limit.
+
+        Raises ``AuthorizationUnavailable`` for any outage, timeout or malformed reply.
+        """
+        if not entries:
+            return CheckResult(request_id=request_id, call_ids=(), decisions=())
+        size = self.max_resources_per_request
+        chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+        replies = await asyncio.gather(
+            *(self._check_chunk(principal, chunk, request_id) for chunk in chunks)
+        )
+        return CheckResult(
+            request_id=request_id,
+            call_ids=tuple(call_id for call_id, _ in replies),
+            decisions=tuple(d for _, decisions in replies for d in decisions),
+        )
+
+    async def _check_chunk(
+        self,
+        principal: Principal,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        request_id: str,
+    ) -> tuple[str, list[ResourceDecision]]:
+        request = request_pb2.CheckResourcesRequest(
+            request_id=request_id,
+            include_meta=True,
+            principal=_principal_message(principal),
+            resources=[
+                request_pb2.CheckResourcesRequest.ResourceEntry(
+                    actions=list(actions), resource=_resource_message(ref)
+                )
+                for ref, actions in entries
+            ],
+        )
+        reply = await self._call("CheckResources", request, request_id)
+        if not isinstance(reply, response_pb2.CheckResourcesResponse):
+            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+        return reply.cerbos_call_id, _read_results(reply, entries)
+
+    async def _call(self, method: str, request: Any, request_id: str) -> Any:
+        if self._stub is None:
+            raise AuthorizationUnavailable("pdp_unavailable", "PDP client not started")
+        rpc = getattr(self._stub, method)
+        try:
+            # A per-call deadline is exact (unlike a service-config timeout) and is propagated
+            # to the PDP, which abandons work nobody waits for.
+            return await rpc(
+                request,
+                timeout=self.timeout_seconds,
+                metadata=(("x-request-id", request_id),),
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise AuthorizationUnavailable(
+                    "pdp_timeout", "no answer before the deadline"
+                ) from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise AuthorizationUnavailable("invalid_request", exc.details() or "") from None
+            raise AuthorizationUnavailable("pdp_unavailable", code.name) from None
+
+
+def _principal_message(principal: Principal) -> engine_pb2.Principal:
+    return engine_pb2.Principal(
+        id=principal.id,
+        roles=list(principal.roles),
+        attr=_attribute_values(principal.policy_attributes()),
+    )
+
+
+def _resource_message(ref: ResourceRef) -> engine_pb2.Resource:
+    return engine_pb2.Resource(kind=ref.kind, id=ref.id, attr=_attribute_values(ref.attributes))
+
+
+def _attribute_values(attributes: Mapping[str, Any]) -> dict[str, struct_pb2.Value]:
+    return {
+        key: json_format.ParseDict(value, struct_pb2.Value()) for key, value in attributes.items()
+    }
+
+
+def _read_results(
+    reply: response_pb2.CheckResourcesResponse,
+    entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+) -> list[ResourceDecision]:
+    """Turn a reply into decisions, refusing any reply that does not match the request."""
+    if len(reply.results) != len(entries):
+        raise AuthorizationUnavailable(
+            "invalid_reply", f"{len(reply.results)} results for {len(entries)} resources"
+        )
+    decisions = []
+    for result, (ref, actions) in zip(reply.results, entries, strict=True):
+        if result.resource.id != ref.id or result.resource.kind != ref.kind:
+            raise AuthorizationUnavailable("invalid_reply", "result does not match the request")
+        per_action = {}
+        for action in actions:
+            if action not in result.actions:
+                raise AuthorizationUnavailable("invalid_reply", "an action has no decision")
+            meta = result.meta.actions.get(action)
+            per_action[action] = ActionDecision(
+                action=action,
+                allowed=result.actions[action] == effect_pb2.EFFECT_ALLOW,
+                policy=meta.matched_policy
+                if meta is not None and meta.matched_policy
+                else "NO_MATCH",
+                outputs=tuple(
+                    json_format.MessageToDict(out.val)
+                    for out in result.outputs
+                    if out.action == action
+                ),
+            )
+        decisions.append(
+            ResourceDecision(
+                resource=ref,
+                actions=per_action,
+                validation_errors=tuple(
+                    f"{err.path}: {err.message}" for err in result.validation_errors
+                ),
+            )
+        )
+    return decisions

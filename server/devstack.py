@@ -1,0 +1,169 @@
+"""Local processes for development and tests: the Cerbos PDP and the dev token issuer.
+
+``make dev`` runs ``python -m server dev``, which starts the PDP and the issuer as child
+processes, serves MCP in the foreground and stops the children when it exits (Ctrl-C). The test
+fixtures use the same launchers on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+PDP_CONFIG = ROOT / "config" / "cerbos" / "config.yaml"
+POLICIES = ROOT / "policies"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it is true; raise with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.1f}s")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URLs we built
+        return bool(response.status == 200)
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path | None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 5) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path | None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> ManagedProcess:
+    out: IO[bytes] | int = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = log_path.open("ab")
+    process = subprocess.Popen(  # noqa: S603 - argv built from our own paths
+        list(argv),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    return ManagedProcess(name, process, log_path)
+
+
+@dataclass
+class PDP:
+    process: ManagedProcess
+    grpc_address: str
+    http_url: str
+    audit_log: Path
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.http_url}/_cerbos/health")
+
+
+def start_pdp(
+    cerbos: Path,
+    *,
+    workdir: Path,
+    policies: Path = POLICIES,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20,
+) -> PDP:
+    """Start ``cerbos server`` with config/cerbos/config.yaml on the given (or free) ports."""
+    grpc_port = grpc_port or free_port()
+    http_port = http_port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    audit_log = workdir / "audit.log"
+    process = spawn(
+        "cerbos",
+        [
+            str(cerbos),
+            "server",
+            f"--config={PDP_CONFIG}",
+            "--log-level=warn",
+            f"--set=server.grpcListenAddr=127.0.0.1:{grpc_port}",
+            f"--set=server.httpListenAddr=127.0.0.1:{http_port}",
+            f"--set=storage.disk.directory={policies}",
+            f"--set=audit.file.path={audit_log}",
+        ],
+        log_path=workdir / "cerbos.log",
+        env={"CERBOS_NO_TELEMETRY": "1", **(env or {})},
+    )
+    pdp = PDP(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", audit_log)
+    try:
+        wait_until(lambda: process.alive() and pdp.healthy(), timeout=timeout, what="Cerbos PDP")
+    except TimeoutError:
+        process.stop()
+        raise TimeoutError(f"Cerbos PDP did not start:\n{process.log_tail()}") from None
+    return pdp
+
+
+def start_dev_issuer(
+    *, workdir: Path, env: Mapping[str, str], jwks_url: str, timeout: float = 20
+) -> ManagedProcess:
+    process = spawn(
+        "dev-issuer",
+        [sys.executable, "-m", "server", "dev-issuer"],
+        log_path=workdir / "issuer.log",
+        env=env,
+    )
+    try:
+        wait_until(
+            lambda: process.alive() and http_ok(jwks_url), timeout=timeout, what="dev token issuer"
+        )
+    except TimeoutError:
+        process.stop()
+        raise TimeoutError(f"dev issuer did not start:\n{process.log_tail()}") from None
+    return process

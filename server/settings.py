@@ -1,0 +1,103 @@
+"""The one settings model of the server.
+
+Every knob is read here, from the environment (prefix ``MCP_``; the HTTP port also from ``PORT``),
+and nowhere else: the rest of the code receives a ``Settings`` object. Config files and env vars
+hold addresses and names only; secret values come from Vault.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.principal import Principal
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    environment: Literal["development", "production"] = "development"
+    server_name: str = "mcp-server-template"
+
+    # --- transport and HTTP edge -------------------------------------------------------------
+    transport: Literal["http", "stdio"] = "http"
+    host: str = "127.0.0.1"
+    port: int = Field(
+        default=8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "MCP_PORT")
+    )
+    path: str = "/mcp"
+    public_base_url: str | None = Field(
+        default=None,
+        description="Canonical URL clients use to reach this server (defaults to http://host:port).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers accepted besides loopback (DNS-rebinding guard).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins accepted besides same-origin."
+    )
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    max_json_depth: int = Field(default=32, gt=1)
+
+    # --- authentication (bearer JWTs) ----------------------------------------------------------
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str = "mcp-server-template"
+    auth_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"] = "RS256"
+    auth_clock_skew_seconds: int = Field(default=30, ge=0, le=300)
+    authorization_servers: list[str] = Field(
+        default_factory=list,
+        description="Advertised in protected-resource metadata; defaults to the issuer.",
+    )
+
+    # stdio has no bearer token: the principal must be configured explicitly or every
+    # operation is denied.
+    stdio_principal: Principal | None = None
+
+    # --- Cerbos PDP -------------------------------------------------------------------------------
+    pdp_address: str = "127.0.0.1:3593"
+    pdp_timeout_seconds: float = Field(default=0.5, gt=0, le=5)
+    pdp_tls_ca_file: Path | None = None
+    # Must not exceed the PDP's server.requestLimits.maxResourcesPerRequest.
+    pdp_max_resources_per_request: int = Field(default=200, ge=1, le=10_000)
+
+    # --- development helpers ----------------------------------------------------------------
+    dev_issuer_dir: Path = Path(".dev/issuer")
+
+    # --- store -------------------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///.dev/data/template.db"
+    seed_demo_data: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("path must start with '/'")
+        return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _http_needs_an_issuer(self) -> Settings:
+        if self.transport == "http" and not (self.auth_jwks_url and self.auth_issuer):
+            raise ValueError(
+                "HTTP transport needs MCP_AUTH_JWKS_URL and MCP_AUTH_ISSUER: "
+                "every HTTP request is authenticated"
+            )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def resource_url(self) -> str:
+        """The canonical resource URI tokens are issued for (RFC 9728)."""
+        return self.base_url.rstrip("/") + self.path

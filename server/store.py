@@ -1,0 +1,224 @@
+"""The example store: tickets and customer accounts, on SQLAlchemy (SQLite by default).
+
+Columns that policies read (team, department, status, assignee, region, segment) are NOT NULL:
+SQL NULL semantics are stricter than the policy language's, and a query filter derived from a
+policy must select exactly the rows a per-row decision would allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+TICKET_STATUSES = ("open", "in_progress", "closed")
+PRIORITIES = ("low", "normal", "high", "urgent")
+TEAMS = ("tier1", "tier2")
+PLANS = ("free", "pro", "enterprise")
+ACCOUNT_STATUSES = ("active", "suspended")
+
+
+class Ticket(Base):
+    __tablename__ = "ticket"
+    __table_args__ = (
+        CheckConstraint(f"status IN {TICKET_STATUSES}", name="ticket_status"),
+        CheckConstraint(f"priority IN {PRIORITIES}", name="ticket_priority"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    team: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64), default="support")
+    # "" when unassigned: NOT NULL keeps policy-derived filters exact.
+    assignee: Mapped[str] = mapped_column(String(128), default="")
+    created_by: Mapped[str] = mapped_column(String(128))
+    resolution: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Optimistic concurrency: a write states the version it decided on.
+    version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+
+class Account(Base):
+    __tablename__ = "account"
+    __table_args__ = (
+        CheckConstraint(f"plan IN {PLANS}", name="account_plan"),
+        CheckConstraint(f"status IN {ACCOUNT_STATUSES}", name="account_status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    region: Mapped[str] = mapped_column(String(16))
+    segment: Mapped[str] = mapped_column(String(32))
+    department: Mapped[str] = mapped_column(String(64), default="finance")
+    email: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str] = mapped_column(Text)
+    balance_cents: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+
+class Refund(Base):
+    __tablename__ = "refund"
+    __table_args__ = (CheckConstraint("amount_cents > 0", name="refund_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    amount_cents: Mapped[int]
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Store:
+    """Owns the engine; hands out one session (and transaction) per unit of work."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store not started")
+        return self._engine
+
+    async def start(self, *, seed: bool) -> None:
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(url, connect_args={"timeout": 5})
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(url, pool_pre_ping=True)
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        if seed:
+            await self._seed_if_empty()
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = self._sessions = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: commit on success, roll back on any error."""
+        if self._sessions is None:
+            raise RuntimeError("store not started")
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def _seed_if_empty(self) -> None:
+        async with self.transaction() as session:
+            if (await session.scalar(select(func.count()).select_from(Ticket))) == 0:
+                session.add_all(_demo_tickets())
+            if (await session.scalar(select(func.count()).select_from(Account))) == 0:
+                session.add_all(_demo_accounts())
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _demo_tickets() -> list[Ticket]:
+    rows = [
+        ("Password reset email never arrives", "tier1", "high", "alice"),
+        ("Cannot update billing address", "tier1", "normal", ""),
+        ("Dashboard shows wrong time zone", "tier1", "low", "alice"),
+        ("Export to CSV times out", "tier1", "normal", ""),
+        ("Two-factor codes rejected on mobile", "tier1", "urgent", ""),
+        ("Invoice PDF is blank", "tier1", "normal", ""),
+        ("API returns 500 on bulk import", "tier2", "urgent", "bob"),
+        ("Webhook deliveries delayed by hours", "tier2", "high", "bob"),
+        ("SSO login loops after IdP change", "tier2", "high", ""),
+        ("Data retention policy question", "tier2", "low", ""),
+        ("Rate limit hit below documented quota", "tier2", "normal", ""),
+        ("Audit log missing entries for May", "tier2", "normal", ""),
+    ]
+    return [
+        Ticket(
+            title=title,
+            description=f"Customer report: {title.lower()}.",
+            team=team,
+            priority=priority,
+            assignee=assignee,
+            status="in_progress" if assignee else "open",
+            created_by="seed",
+        )
+        for title, team, priority, assignee in rows
+    ]
+
+
+def _demo_accounts() -> list[Account]:
+    rows = [
+        (
+            "Acme Corp",
+            "enterprise",
+            "eu",
+            "enterprise",
+            "billing@acme.example",
+            "+44 20 7946 0001",
+            1_250_000,
+        ),
+        ("Globex", "pro", "us", "smb", "ap@globex.example", "+1 555 0100", 48_000),
+        ("Initech", "pro", "us", "smb", "finance@initech.example", "+1 555 0199", 12_500),
+        (
+            "Umbrella Health",
+            "enterprise",
+            "apac",
+            "enterprise",
+            "ops@umbrella.example",
+            "+61 2 5550 1234",
+            990_000,
+        ),
+        ("Hooli Labs", "free", "eu", "smb", "hello@hooli.example", "+49 30 5550 7788", 0),
+    ]
+    return [
+        Account(
+            name=name,
+            plan=plan,
+            region=region,
+            segment=segment,
+            email=email,
+            phone=phone,
+            balance_cents=balance,
+        )
+        for name, plan, region, segment, email, phone, balance in rows
+    ]
