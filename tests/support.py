@@ -1,0 +1,210 @@
+"""Helpers shared by the tests: a real server on a loopback port, tokens, DB snapshots, probes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from fastmcp import Client, FastMCP
+from fastmcp.client.transports import StreamableHttpTransport
+from fastmcp.server.middleware import Middleware
+
+from server.app import create_http_app, create_server
+from server.devstack import free_port, wait_until
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY_TESTS = ROOT / "policies" / "tests"
+
+
+class UvicornThread:
+    """Runs an ASGI app with uvicorn on a loopback port in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 20) -> UvicornThread:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=timeout, what="uvicorn")
+        if not self.server.started:
+            raise RuntimeError("server failed to start (see log above)")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class ReachedTool(Middleware):
+    """Counts tools/call requests that got past authorization, i.e. reached the tool."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def on_call_tool(self, context: Any, call_next: Any) -> Any:
+        self.calls.append(context.message.name)
+        return await call_next(context)
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    mcp: FastMCP[Any]
+    http: UvicornThread
+    db_path: Path
+    reached: ReachedTool
+    token: Callable[..., str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}{self.settings.path}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+    def client(self, who: str | None = None, *, token: str | None = None, **kwargs: Any) -> Client[Any]:
+        bearer = token if token is not None else (self.token(who) if who else None)
+        return Client(StreamableHttpTransport(self.url, auth=bearer, **kwargs))
+
+    def stop(self) -> None:
+        self.http.stop()
+
+
+def start_server(settings: Settings, token: Callable[..., str], prepare: Callable[[FastMCP[Any]], None] | None = None) -> RunningServer:
+    mcp = create_server(settings)
+    if prepare is not None:
+        prepare(mcp)
+    reached = ReachedTool()
+    mcp.add_middleware(reached)  # added last = innermost: runs only after authorization
+    http = UvicornThread(create_http_app(mcp, settings), port=settings.port).start()
+    db_path = Path(settings.database_url.split("///", 1)[1])
+    return RunningServer(settings, mcp, http, db_path, reached, token)
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+def db_snapshot(db_path: Path) -> str:
+    """A checksum of every row of every table: equal snapshots mean nothing changed."""
+    digest = hashlib.sha256()
+    with sqlite3.connect(db_path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        for table in tables:
+            digest.update(table.encode())
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1"):  # noqa: S608 - names from sqlite_master
+                digest.update(repr(row).encode())
+    return digest.hexdigest()
+
+
+def insert_ticket(db_path: Path, *, team: str = "tier1", status: str = "open", assignee: str = "") -> int:
+    with sqlite3.connect(db_path) as conn:
+        cur = conn.execute(
+            "INSERT INTO ticket (title, description, status, priority, team, department, assignee,"
+            " created_by, resolution, created_at, updated_at, version)"
+            " VALUES ('Fixture ticket', '', ?, 'normal', ?, 'support', ?, 'fixture', '',"
+            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
+            (status, team, assignee),
+        )
+        return int(cur.lastrowid or 0)
+
+
+def insert_account(db_path: Path, *, balance_cents: int = 100_000) -> int:
+    with sqlite3.connect(db_path) as conn:
+        cur = conn.execute(
+            "INSERT INTO account (name, plan, status, region, segment, department, email, phone,"
+            " balance_cents, created_at, updated_at, version)"
+            " VALUES ('Fixture Ltd', 'pro', 'active', 'eu', 'smb', 'finance', 'x@fixture.example',"
+            " '+1 555 0000', ?, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
+            (balance_cents,),
+        )
+        return int(cur.lastrowid or 0)
+
+
+# --- PDP audit log -------------------------------------------------------------------------------
+
+
+def audit_entries(audit_log: Path) -> list[dict[str, Any]]:
+    if not audit_log.exists():
+        return []
+    entries = []
+    for line in audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("log.kind") == "decision":
+            entries.append(entry)
+    return entries
+
+
+@contextmanager
+def new_audit_entries(audit_log: Path, *, settle: Callable[[list[dict[str, Any]]], bool]) -> Iterator[list[dict[str, Any]]]:
+    """Collect decision-log entries written while the block runs.
+
+    The PDP writes its log asynchronously: after the block, poll until ``settle`` says the
+    expected entries are there (with a deadline), then give the caller the new entries.
+    """
+    before = len(audit_entries(audit_log))
+    collected: list[dict[str, Any]] = []
+    yield collected
+
+    def done() -> bool:
+        collected[:] = audit_entries(audit_log)[before:]
+        return settle(collected)
+
+    wait_until(done, timeout=10, what="PDP decision log entries")
+
+
+# --- policy expectations ------------------------------------------------------------------------
+
+
+@dataclass
+class Matrix:
+    """The ALLOW matrix of a policy suite: principal -> component id -> allowed actions."""
+
+    allowed: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    principals: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)
+
+    def allows(self, principal: str, component: str, action: str) -> bool:
+        return action in self.allowed.get(principal, {}).get(component, set())
+
+
+def policy_matrix(suite_file: str) -> Matrix:
+    """Read the full matrix test of a policy suite, keyed by component id (not fixture key)."""
+    suite = yaml.safe_load((POLICY_TESTS / suite_file).read_text())
+    resources = yaml.safe_load((POLICY_TESTS / "testdata" / "resources.yaml").read_text())["resources"]
+    test = suite["tests"][0]
+    matrix = Matrix(
+        principals=list(test["input"]["principals"]),
+        components=[resources[key]["id"] for key in test["input"]["resources"]],
+    )
+    for row in test["expected"]:
+        ident = resources[row["resource"]]["id"]
+        actions = {a for a, effect in row["actions"].items() if effect == "EFFECT_ALLOW"}
+        matrix.allowed.setdefault(row["principal"], {})[ident] = actions
+    return matrix
+
+
+def run(coro: Any) -> Any:
+    return asyncio.get_event_loop().run_until_complete(coro)
+
+
+def poll(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    wait_until(check, timeout=timeout, what=what)
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
