@@ -81,6 +81,10 @@ class DevIssuer:
             "jti": uuid.uuid4().hex,
             **claims,
         }
+        return self.sign(payload)
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        """Sign exactly ``payload``, nothing added (tests use it to build malformed tokens)."""
         return jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def token_for(self, name: str, *, audience: str, ttl_seconds: int = 3600) -> str:

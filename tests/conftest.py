@@ -69,7 +69,9 @@ def token(issuer: DevIssuer) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
-def make_settings(issuer: DevIssuer, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+def make_settings(
+    issuer: DevIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Settings]:
     def make(pdp: PDP, **overrides: Any) -> Settings:
         db = tmp_path_factory.mktemp("db") / "store.db"
         values: dict[str, Any] = {
@@ -87,7 +89,9 @@ def make_settings(issuer: DevIssuer, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def server(pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]) -> Iterator[RunningServer]:
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
     """One real server per test module, on the shared PDP, with a fresh seeded database."""
     running = start_server(make_settings(pdp), token)
     yield running

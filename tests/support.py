@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,19 @@ class UvicornThread:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, timeout: float = 20) -> UvicornThread:
         self.thread.start()
-        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=timeout, what="uvicorn")
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(),
+            timeout=timeout,
+            what="uvicorn",
+        )
         if not self.server.started:
             raise RuntimeError("server failed to start (see log above)")
         return self
@@ -77,7 +81,9 @@ class RunningServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http.port}"
 
-    def client(self, who: str | None = None, *, token: str | None = None, **kwargs: Any) -> Client[Any]:
+    def client(
+        self, who: str | None = None, *, token: str | None = None, **kwargs: Any
+    ) -> Client[Any]:
         bearer = token if token is not None else (self.token(who) if who else None)
         return Client(StreamableHttpTransport(self.url, auth=bearer, **kwargs))
 
@@ -85,7 +91,11 @@ class RunningServer:
         self.http.stop()
 
 
-def start_server(settings: Settings, token: Callable[..., str], prepare: Callable[[FastMCP[Any]], None] | None = None) -> RunningServer:
+def start_server(
+    settings: Settings,
+    token: Callable[..., str],
+    prepare: Callable[[FastMCP[Any]], None] | None = None,
+) -> RunningServer:
     mcp = create_server(settings)
     if prepare is not None:
         prepare(mcp)
@@ -103,7 +113,10 @@ def db_snapshot(db_path: Path) -> str:
     """A checksum of every row of every table: equal snapshots mean nothing changed."""
     digest = hashlib.sha256()
     with sqlite3.connect(db_path) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
         for table in tables:
             digest.update(table.encode())
             for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1"):  # noqa: S608 - names from sqlite_master
@@ -111,7 +124,9 @@ def db_snapshot(db_path: Path) -> str:
     return digest.hexdigest()
 
 
-def insert_ticket(db_path: Path, *, team: str = "tier1", status: str = "open", assignee: str = "") -> int:
+def insert_ticket(
+    db_path: Path, *, team: str = "tier1", status: str = "open", assignee: str = ""
+) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
             "INSERT INTO ticket (title, description, status, priority, team, department, assignee,"
@@ -149,22 +164,41 @@ def audit_entries(audit_log: Path) -> list[dict[str, Any]]:
     return entries
 
 
-@contextmanager
-def new_audit_entries(audit_log: Path, *, settle: Callable[[list[dict[str, Any]]], bool]) -> Iterator[list[dict[str, Any]]]:
-    """Collect decision-log entries written while the block runs.
+def entry_principals(entry: dict[str, Any]) -> set[str]:
+    return {i["principal"]["id"] for i in entry["checkResources"]["inputs"]}
 
-    The PDP writes its log asynchronously: after the block, poll until ``settle`` says the
-    expected entries are there (with a deadline), then give the caller the new entries.
+
+SENTINEL = "erin"
+
+
+async def decisions_since(
+    server: RunningServer, audit_log: Path, since: int
+) -> list[dict[str, Any]]:
+    """PDP decision-log entries after the first ``since`` ones, not counting erin's.
+
+    The PDP writes its log asynchronously, so "no entry yet" proves nothing. A sentinel request
+    by erin reaches the PDP now; once its entry is in the log, everything before it is too. The
+    sentinel's own entries are left out.
     """
-    before = len(audit_entries(audit_log))
+    async with server.client(SENTINEL) as client:
+        await client.list_prompts()
+
+    def sentinel_logged() -> bool:
+        return any(SENTINEL in entry_principals(e) for e in audit_entries(audit_log)[since:])
+
+    wait_until(sentinel_logged, timeout=10, what="sentinel decision in the PDP log")
+    return [e for e in audit_entries(audit_log)[since:] if SENTINEL not in entry_principals(e)]
+
+
+@asynccontextmanager
+async def pdp_decisions(
+    server: RunningServer, audit_log: Path
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Collect the PDP decision-log entries caused by the block (which must not act as erin)."""
+    since = len(audit_entries(audit_log))
     collected: list[dict[str, Any]] = []
     yield collected
-
-    def done() -> bool:
-        collected[:] = audit_entries(audit_log)[before:]
-        return settle(collected)
-
-    wait_until(done, timeout=10, what="PDP decision log entries")
+    collected[:] = await decisions_since(server, audit_log, since)
 
 
 # --- policy expectations ------------------------------------------------------------------------
@@ -185,7 +219,9 @@ class Matrix:
 def policy_matrix(suite_file: str) -> Matrix:
     """Read the full matrix test of a policy suite, keyed by component id (not fixture key)."""
     suite = yaml.safe_load((POLICY_TESTS / suite_file).read_text())
-    resources = yaml.safe_load((POLICY_TESTS / "testdata" / "resources.yaml").read_text())["resources"]
+    resources = yaml.safe_load((POLICY_TESTS / "testdata" / "resources.yaml").read_text())[
+        "resources"
+    ]
     test = suite["tests"][0]
     matrix = Matrix(
         principals=list(test["input"]["principals"]),
@@ -196,15 +232,3 @@ def policy_matrix(suite_file: str) -> Matrix:
         actions = {a for a, effect in row["actions"].items() if effect == "EFFECT_ALLOW"}
         matrix.allowed.setdefault(row["principal"], {})[ident] = actions
     return matrix
-
-
-def run(coro: Any) -> Any:
-    return asyncio.get_event_loop().run_until_complete(coro)
-
-
-def poll(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    wait_until(check, timeout=timeout, what=what)
-
-
-def elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000

@@ -42,7 +42,11 @@ def tool_arguments(tool: str, server: RunningServer) -> dict[str, Any]:
         case "update_plan":
             return {"account_id": insert_account(db), "plan": "enterprise"}
         case "issue_refund":
-            return {"account_id": insert_account(db), "amount": str(Decimal("25.50")), "reason": "Goodwill"}
+            return {
+                "account_id": insert_account(db),
+                "amount": str(Decimal("25.50")),
+                "reason": "Goodwill",
+            }
         case "suspend_account":
             return {"account_id": insert_account(db), "reason": "Chargeback fraud"}
     raise AssertionError(f"no arguments for {tool}")
@@ -65,7 +69,9 @@ async def test_lists_show_exactly_what_the_policies_allow(server: RunningServer,
 
 
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
-async def test_allowed_calls_succeed_and_denied_calls_look_like_unknown_tools(server: RunningServer, who: str) -> None:
+async def test_allowed_calls_succeed_and_denied_calls_look_like_unknown_tools(
+    server: RunningServer, who: str
+) -> None:
     async with server.client(who) as client:
         unknown = error_text(await client.call_tool("no_such_tool", {}, raise_on_error=False))
         for tool in REGISTERED_TOOLS:
@@ -77,13 +83,17 @@ async def test_allowed_calls_succeed_and_denied_calls_look_like_unknown_tools(se
                 assert not result.is_error, f"{who} should be able to call {tool}: {result.content}"
                 assert server.reached.calls[reached_before:] == [tool]
             else:
-                assert error_text(result) == unknown.replace("no_such_tool", tool), f"{who} / {tool}"
+                assert error_text(result) == unknown.replace("no_such_tool", tool), (
+                    f"{who} / {tool}"
+                )
                 assert server.reached.calls[reached_before:] == [], f"{tool} ran for {who}"
                 assert db_snapshot(server.db_path) == before
 
 
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
-async def test_resource_reads_follow_the_policies_and_denials_look_like_missing(server: RunningServer, who: str) -> None:
+async def test_resource_reads_follow_the_policies_and_denials_look_like_missing(
+    server: RunningServer, who: str
+) -> None:
     uris = {
         "ticket://{ticket_id}": f"ticket://{insert_ticket(server.db_path)}",
         "account://{account_id}": f"account://{insert_account(server.db_path)}",
@@ -99,12 +109,19 @@ async def test_resource_reads_follow_the_policies_and_denials_look_like_missing(
                 with pytest.raises(MCPError) as denied:
                     await client.read_resource(uri)
                 assert denied.value.error.code == missing.value.error.code
-                assert denied.value.error.message == missing.value.error.message.replace("nothing://here", uri)
+                assert denied.value.error.message == missing.value.error.message.replace(
+                    "nothing://here", uri
+                )
 
 
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
-async def test_prompt_gets_follow_the_policies_and_denials_look_like_missing(server: RunningServer, who: str) -> None:
-    arguments = {"triage_ticket": {"ticket_id": "1"}, "refund_review": {"account_id": "1", "amount": "10"}}
+async def test_prompt_gets_follow_the_policies_and_denials_look_like_missing(
+    server: RunningServer, who: str
+) -> None:
+    arguments = {
+        "triage_ticket": {"ticket_id": "1"},
+        "refund_review": {"account_id": "1", "amount": "10"},
+    }
     async with server.client(who) as client:
         with pytest.raises(MCPError) as missing:
             await client.get_prompt("no_such_prompt", {})
@@ -116,14 +133,24 @@ async def test_prompt_gets_follow_the_policies_and_denials_look_like_missing(ser
                 with pytest.raises(MCPError) as denied:
                     await client.get_prompt(prompt, args)
                 assert denied.value.error.code == missing.value.error.code
-                assert denied.value.error.message == missing.value.error.message.replace("no_such_prompt", prompt)
+                assert denied.value.error.message == missing.value.error.message.replace(
+                    "no_such_prompt", prompt
+                )
 
 
-async def test_denied_tool_name_appears_nowhere_in_the_callers_responses(server: RunningServer) -> None:
+async def test_denied_tool_name_appears_nowhere_in_the_callers_responses(
+    server: RunningServer,
+) -> None:
     async with server.client("mallory") as client:
         listed = await client.list_tools()
         templates = await client.list_resource_templates()
         prompts = await client.list_prompts()
     wire = " ".join(t.model_dump_json() for t in [*listed, *templates, *prompts])
-    for hidden in ("delete_account", "issue_refund", "list_accounts", "refund_review", "account://"):
+    for hidden in (
+        "delete_account",
+        "issue_refund",
+        "list_accounts",
+        "refund_review",
+        "account://",
+    ):
         assert hidden not in wire

@@ -1,0 +1,70 @@
+# Reference FastMCP server template. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+
+# Cerbos PDP: the platform package from npm, pinned by version and (for linux-x64) by hash.
+CERBOS_VERSION := 0.55.0
+CERBOS_SHA256_linux-x64 := 1bb7264706e49f868551b355ef0a8e3b57947cccfe0551fb3dfae503f458ff7b
+CERBOS_PLATFORM := $(shell uname -s | tr A-Z a-z | sed 's/darwin/darwin/')-$(shell uname -m | sed 's/x86_64/x64/;s/aarch64/arm64/')
+CERBOS := $(TOOLS)/cerbos-$(CERBOS_VERSION)/cerbos
+
+# Development settings (addresses and names only); variables set in the environment win.
+DEV_ENV := --env-file config/dev/dev.env
+PDP_HTTP_PORT ?= 3592
+
+.PHONY: help install tools dev token test lint policy-test unit clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create the virtualenv and install pinned dependencies
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+tools: $(CERBOS) ## Install the pinned Cerbos PDP binary into .tools/
+
+$(CERBOS):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch the Cerbos PDP binary"; exit 1; }
+	@rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm $(dir $(CERBOS))
+	npm install --silent --prefix $(TOOLS)/npm --no-save --no-package-lock --no-audit --no-fund \
+		@cerbos/cerbos-$(CERBOS_PLATFORM)@$(CERBOS_VERSION)
+	@bin=$(TOOLS)/npm/node_modules/@cerbos/cerbos-$(CERBOS_PLATFORM)/cerbos-$(CERBOS_PLATFORM); \
+	want='$(CERBOS_SHA256_$(CERBOS_PLATFORM))'; \
+	if [ -n "$$want" ]; then \
+		echo "$$want  $$bin" | sha256sum --check --quiet || { echo "cerbos binary hash mismatch"; exit 1; }; \
+	else echo "note: no pinned hash for $(CERBOS_PLATFORM); trusting the npm registry's integrity check"; fi; \
+	cp "$$bin" $(CERBOS) && chmod +x $(CERBOS) && rm -rf $(TOOLS)/npm
+	@$(CERBOS) --version | head -n 1
+
+dev: install tools ## Run PDP + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
+	$(BIN)/python -m server $(DEV_ENV) dev --cerbos $(CERBOS) --pdp-http-port $(PDP_HTTP_PORT)
+
+token: install ## Print a bearer token for a demo principal: make token user=alice
+	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
+	@$(BIN)/python -m server $(DEV_ENV) token "$(user)"
+
+lint: install ## ruff + mypy (strict on server/)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+policy-test: tools ## Compile the Cerbos policies and run their test suites
+	$(CERBOS) compile --color=never policies
+
+unit: install tools ## Unit and integration tests (real PDP on free ports)
+	CERBOS_BIN=$(abspath $(CERBOS)) $(BIN)/pytest -q
+
+test: lint policy-test unit ## Everything CI runs
+
+clean: ## Remove local state (.dev/); keeps the virtualenv and tools
+	rm -rf .dev

@@ -1,0 +1,68 @@
+"""A tools/list costs one CheckResources, however many tools there are (counted in the PDP log)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastmcp import FastMCP
+from mcp.types import ToolAnnotations
+
+from server.devstack import PDP
+from server.settings import Settings
+from tests.support import RunningServer, pdp_decisions, start_server
+
+EXTRA_TOOLS = 150
+
+
+def add_many_tools(mcp: FastMCP[Any]) -> None:
+    for i in range(EXTRA_TOOLS):
+
+        def report(i: int = i) -> str:
+            return f"report {i}"
+
+        mcp.tool(
+            report,
+            name=f"report_{i:03d}",
+            tags={"reports"},
+            meta={"department": "support", "sensitivity": "internal"},
+            annotations=ToolAnnotations(read_only_hint=True),
+        )
+
+
+@pytest.fixture(scope="module")
+def big_server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    running = start_server(make_settings(pdp), token, prepare=add_many_tools)
+    yield running
+    running.stop()
+
+
+async def test_one_check_resources_per_tools_list_whatever_the_tool_count(
+    big_server: RunningServer, pdp: PDP
+) -> None:
+    async with (
+        big_server.client("alice") as client,
+        pdp_decisions(big_server, pdp.audit_log) as caused,
+    ):
+        tools = await client.list_tools()
+    assert len(tools) == 8 + EXTRA_TOOLS  # alice's eight example tools and the read-only reports
+    assert len(caused) == 1, f"{len(caused)} PDP calls for one tools/list"
+    inputs = caused[0]["checkResources"]["inputs"]
+    assert len(inputs) == 13 + EXTRA_TOOLS
+    assert {i["resource"]["kind"] for i in inputs} == {"mcp_tool"}
+    assert {tuple(i["actions"]) for i in inputs} == {("list",)}
+
+
+async def test_a_call_costs_one_decision_for_one_resource(
+    big_server: RunningServer, pdp: PDP
+) -> None:
+    async with big_server.client("alice") as client:
+        await client.list_tools()  # the client's own schema-cache listing, outside the count
+        async with pdp_decisions(big_server, pdp.audit_log) as caused:
+            await client.call_tool("report_007", {})
+    assert len(caused) == 1
+    (only,) = caused[0]["checkResources"]["inputs"]
+    assert only["resource"]["id"] == "report_007" and only["actions"] == ["call"]
