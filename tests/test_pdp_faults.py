@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -22,7 +23,7 @@ from mcp import MCPError
 
 from server.authz.middleware import AUTHORIZATION_UNAVAILABLE
 from server.authz.pdp import AuthorizationUnavailable, PolicyDecisionPoint, ResourceRef
-from server.devstack import PDP, free_port, start_pdp
+from server.devstack import PDP, POLICIES, free_port, start_pdp
 from server.principal import Principal
 from server.settings import Settings
 from tests.support import RunningServer, db_snapshot, start_server
@@ -256,3 +257,36 @@ async def test_server_on_a_garbage_pdp_fails_lists_visibly(
             await assert_everything_denied(server)
         finally:
             server.stop()
+
+
+async def test_policy_edit_applies_without_restarting_anything(
+    cerbos_bin: Path,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    pdp = start_pdp(cerbos_bin, workdir=tmp_path / "pdp", policies=policies)
+    server = start_server(make_settings(pdp), token)
+    try:
+
+        async def mallory_tools() -> set[str]:
+            async with server.client("mallory") as client:
+                return {t.name for t in await client.list_tools()}
+
+        assert await mallory_tools() == {"create_ticket"}
+        rule = policies / "derived_roles" / "mcp_components.yaml"
+        rule.write_text(
+            rule.read_text().replace(
+                "'\"self_service\" in R.attr.tags'", "'\"nothing\" in R.attr.tags'"
+            )
+        )
+        started = time.monotonic()
+        while await mallory_tools():
+            assert time.monotonic() - started < 15, "policy change not applied"
+            await asyncio.sleep(0.2)
+        print(f"policy change applied after {time.monotonic() - started:.1f}s")
+    finally:
+        server.stop()
+        pdp.process.stop()
