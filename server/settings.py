@@ -8,12 +8,17 @@ hold addresses and names only; secret values come from Vault.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from server.principal import Principal
+from server.settings_vault import FromVault, VaultSettingsSource, active_vault_reader
 
 
 class Settings(BaseSettings):
@@ -77,6 +82,48 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///.dev/data/template.db"
     seed_demo_data: bool = True
 
+    # --- Vault (or OpenBao): addresses, names and file locations only -------------------------
+    vault_address: str = "http://127.0.0.1:8200"
+    vault_timeout_seconds: float = Field(default=2.0, gt=0, le=5)
+    vault_tls_verify: bool = True
+    vault_ca_file: Path | None = None
+    # The bootstrap credential is delivered as files, never as config or env values. "approle":
+    # a role id and a response-wrapped secret id (unwrapped once, then the file is deleted);
+    # "token_file": a token file kept fresh by an agent (re-read when the token expires).
+    vault_login: Literal["approle", "token_file"] = "approle"
+    vault_approle_mount: str = "approle"
+    vault_approle_role: str = "mcp-server"
+    vault_role_id_file: Path = Path(".dev/vault/role-id")
+    vault_wrapped_secret_id_file: Path = Path(".dev/vault/secret-id.wrapped")
+    vault_token_file: Path | None = None
+    # Identity X is minted through the token role "<prefix>X" and holds only the policy "<prefix>X".
+    vault_role_prefix: str = "mcp-"
+    vault_tool_identities: list[str] = Field(default_factory=lambda: ["tickets", "accounts"])
+    vault_tool_token_ttl_seconds: int = Field(default=300, ge=2, le=3600)
+    # Upper bound for caching a KV secret; it never outlives the token that read it.
+    vault_secret_cache_seconds: int = Field(default=300, ge=0, le=3600)
+    vault_kv_mount: str = "secret"
+    vault_transit_mount: str = "transit"
+
+    # --- settings-level secrets: values come from Vault (see server/settings_vault.py) ----------
+    database_password: Annotated[SecretStr | None, FromVault("mcp/server", "database_password")] = (
+        Field(default=None, description="Password for MCP_DATABASE_URL's user (not for SQLite).")
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The first source wins. Vault first, for fields marked FromVault only: a stale argument
+        # or variable cannot shadow a rotated secret (see server/settings_vault.py).
+        vault = VaultSettingsSource(settings_cls, active_vault_reader())
+        return vault, init_settings, env_settings, dotenv_settings, file_secret_settings
+
     @field_validator("path")
     @classmethod
     def _path_is_absolute(cls, value: str) -> str:
@@ -91,6 +138,12 @@ class Settings(BaseSettings):
                 "HTTP transport needs MCP_AUTH_JWKS_URL and MCP_AUTH_ISSUER: "
                 "every HTTP request is authenticated"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _token_file_when_chosen(self) -> Settings:
+        if self.vault_login == "token_file" and self.vault_token_file is None:
+            raise ValueError("MCP_VAULT_LOGIN=token_file needs MCP_VAULT_TOKEN_FILE")
         return self
 
     @property

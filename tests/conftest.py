@@ -1,34 +1,78 @@
-"""Fixtures: the real Cerbos PDP and a real HTTP server on free loopback ports.
+"""Fixtures: the real Cerbos PDP, a real OpenBao dev server and real HTTP servers on free
+loopback ports.
 
-Nothing here is mocked. The PDP is the pinned binary (``make tools``); the token issuer is the
-project's dev issuer with a key generated for this test session.
+Nothing here is mocked. The PDP and OpenBao are the pinned binaries (``make tools``); the token
+issuer is the project's dev issuer with a key generated for this test session. OpenBao is
+bootstrapped with the project's own bootstrap (config/vault/), then seeded with canary secrets
+that the last test of the session looks for everywhere (tests/test_zz_canary_scan.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hvac
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from server.dev_issuer import DevIssuer, demo_principals
-from server.devstack import PDP, free_port, start_pdp
+from server.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
 from server.settings import Settings
-from tests.support import ROOT, RunningServer, UvicornThread, start_server
+from server.vault_bootstrap import bootstrap, deliver_server_credential
+from tests.support import (
+    CANARIES,
+    ROOT,
+    SPANS,
+    RunningServer,
+    UvicornThread,
+    seed_canaries,
+    start_server,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``last`` run after every other test (the canary scan reads what they left)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
 
 AUDIENCE = "mcp-server-template"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_environment() -> Iterator[None]:
-    """Settings read MCP_* variables: a developer's shell must not leak into the tests."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MCP_") or k == "PORT"}
+    """Settings read MCP_* variables, hvac reads VAULT_*: a developer's shell must not leak in."""
+    prefixes = ("MCP_", "VAULT_", "BAO_")
+    saved = {k: v for k, v in os.environ.items() if k.startswith(prefixes) or k == "PORT"}
     for key in saved:
         del os.environ[key]
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every log record (DEBUG and up, with tracebacks) to a file, every span to memory: the
+    canary scan reads both after the suite."""
+    handler = logging.FileHandler(tmp_path_factory.getbasetemp() / "session.log")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(SPANS))
+    trace.set_tracer_provider(provider)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    handler.close()
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +83,36 @@ def cerbos_bin() -> Path:
         if candidate.is_file():
             return candidate
     pytest.fail("Cerbos PDP binary not found: run `make tools` (or set CERBOS_BIN)")
+
+
+@pytest.fixture(scope="session")
+def bao_bin() -> Path:
+    configured = os.environ.get("BAO_BIN")
+    candidate = Path(configured) if configured else ROOT / ".venv" / "bin" / "bao"
+    if candidate.is_file():
+        return candidate
+    pytest.fail("OpenBao binary not found: run `make tools` (or set BAO_BIN)")
+
+
+@pytest.fixture(scope="session")
+def openbao(bao_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """One OpenBao dev server for the session, bootstrapped and seeded with canaries."""
+    running = start_openbao(bao_bin, workdir=tmp_path_factory.mktemp("openbao"))
+    admin = admin_client(running)
+    bootstrap(admin, out_dir=tmp_path_factory.mktemp("bootstrap-credential"))
+    seed_canaries(admin)
+    CANARIES.extend([running.root_token, running.unseal_key])
+    yield running
+    running.process.stop()
+
+
+def admin_client(vault: OpenBao) -> hvac.Client:
+    return hvac.Client(url=vault.address, token=vault.root_token, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def vault_admin(openbao: OpenBao) -> hvac.Client:
+    return admin_client(openbao)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +144,16 @@ def token(issuer: DevIssuer) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def make_settings(
-    issuer: DevIssuer, tmp_path_factory: pytest.TempPathFactory
+    issuer: DevIssuer, openbao: OpenBao, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[..., Settings]:
-    def make(pdp: PDP, **overrides: Any) -> Settings:
+    """Settings for one server: its own database and a fresh, single-use Vault credential."""
+
+    def make(pdp: PDP, *, vault: OpenBao | None = None, **overrides: Any) -> Settings:
+        vault = vault or openbao
         db = tmp_path_factory.mktemp("db") / "store.db"
+        role_id, wrapped = deliver_server_credential(
+            admin_client(vault), out_dir=tmp_path_factory.mktemp("credential")
+        )
         values: dict[str, Any] = {
             "transport": "http",
             "port": free_port(),
@@ -82,6 +162,9 @@ def make_settings(
             "auth_audience": AUDIENCE,
             "pdp_address": pdp.grpc_address,
             "database_url": f"sqlite+aiosqlite:///{db}",
+            "vault_address": vault.address,
+            "vault_role_id_file": role_id,
+            "vault_wrapped_secret_id_file": wrapped,
         }
         return Settings(**{**values, **overrides})
 

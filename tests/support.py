@@ -2,28 +2,105 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hvac
 import uvicorn
 import yaml
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.middleware import Middleware
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.app import create_http_app, create_server
 from server.devstack import free_port, wait_until
+from server.runtime import Runtime, build_runtime
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_TESTS = ROOT / "policies" / "tests"
+
+# --- canaries: unique secret values seeded in Vault, looked for everywhere after the suite --------
+
+CANARIES: list[str] = []
+SPANS = InMemorySpanExporter()
+# Everything the servers answered over HTTP (bodies of every response), across the session.
+HTTP_TRANSCRIPT: list[bytes] = []
+
+
+def new_canary(kind: str) -> str:
+    value = f"canary-{kind}-{secrets.token_hex(12)}"
+    CANARIES.append(value)
+    return value
+
+
+def seed_canaries(admin: hvac.Client) -> None:
+    """Replace the bootstrap's random secrets with canaries, plus a canary key nobody uses."""
+    admin.secrets.kv.v2.create_or_update_secret(
+        path="tools/tickets/notifications",
+        secret={"signing_key": new_canary("signing-key"), "unused": new_canary("unused")},
+        mount_point="secret",
+    )
+    admin.secrets.kv.v2.create_or_update_secret(
+        path="mcp/server",
+        secret={"database_password": new_canary("database-password")},
+        mount_point="secret",
+    )
+
+
+def encodings(value: str) -> set[str]:
+    """The forms a leaked value could take: plain, URL-encoded, hex, and base64 (standard and
+    URL-safe, at each of the three alignments it can have inside a longer base64 text)."""
+    raw = value.encode()
+    forms = {value, urllib.parse.quote(value), urllib.parse.quote_plus(value), raw.hex()}
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(b"\0" * offset + raw).decode()
+            # Drop the characters that depend on the padding bytes or on what follows.
+            start = (offset * 4 + 2) // 3 if offset else 0
+            forms.add(encoded[start : len(encoded) - 4].rstrip("="))
+    return {f for f in forms if len(f) >= 12}
+
+
+def find_canaries(texts: Iterable[tuple[str, str]], canaries: Iterable[str]) -> list[str]:
+    """``where: which canary (form)`` for every canary form found in the (where, text) pairs."""
+    patterns = {form: canary for canary in canaries for form in encodings(canary)}
+    found = []
+    for where, text in texts:
+        for form, canary in patterns.items():
+            if form in text:
+                found.append(f"{where}: {canary[:16]}... as {form[:12]}...")
+    return found
+
+
+class RecordHTTP:
+    """ASGI wrapper: keeps every response body the server sends (for the canary scan)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def recording_send(message: Any) -> None:
+            if message.get("type") == "http.response.body" and message.get("body"):
+                HTTP_TRANSCRIPT.append(bytes(message["body"]))
+            await send(message)
+
+        await self.app(scope, receive, recording_send)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 class UvicornThread:
@@ -72,6 +149,7 @@ class RunningServer:
     db_path: Path
     reached: ReachedTool
     token: Callable[..., str]
+    runtime: Runtime
 
     @property
     def url(self) -> str:
@@ -96,14 +174,15 @@ def start_server(
     token: Callable[..., str],
     prepare: Callable[[FastMCP[Any]], None] | None = None,
 ) -> RunningServer:
-    mcp = create_server(settings)
+    runtime = build_runtime(settings)
+    mcp = create_server(settings, runtime)
     if prepare is not None:
         prepare(mcp)
     reached = ReachedTool()
     mcp.add_middleware(reached)  # added last = innermost: runs only after authorization
-    http = UvicornThread(create_http_app(mcp, settings), port=settings.port).start()
+    http = UvicornThread(RecordHTTP(create_http_app(mcp, settings)), port=settings.port).start()
     db_path = Path(settings.database_url.split("///", 1)[1])
-    return RunningServer(settings, mcp, http, db_path, reached, token)
+    return RunningServer(settings, mcp, http, db_path, reached, token, runtime)
 
 
 # --- database ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from mcp import MCPError
 from server.authz.middleware import NOT_AUTHORIZED
 from server.devstack import PDP
 from server.http_edge import json_depth
+from server.settings import Settings
 from tests.support import ROOT, RunningServer, db_snapshot
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -149,11 +150,17 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
 # --- stdio ---------------------------------------------------------------------------------------
 
 
-def stdio_client(pdp: PDP, tmp_db: str, principal: dict[str, Any] | None) -> Client[Any]:
+def stdio_client(
+    pdp: PDP, settings: Settings, tmp_db: str, principal: dict[str, Any] | None
+) -> Client[Any]:
     env = {
         "MCP_TRANSPORT": "stdio",
         "MCP_PDP_ADDRESS": pdp.grpc_address,
         "MCP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_db}",
+        # Vault: the address and the credential files only, as in production.
+        "MCP_VAULT_ADDRESS": settings.vault_address,
+        "MCP_VAULT_ROLE_ID_FILE": str(settings.vault_role_id_file),
+        "MCP_VAULT_WRAPPED_SECRET_ID_FILE": str(settings.vault_wrapped_secret_id_file),
         "PATH": "/usr/bin:/bin",
     }
     if principal is not None:
@@ -162,9 +169,10 @@ def stdio_client(pdp: PDP, tmp_db: str, principal: dict[str, Any] | None) -> Cli
 
 
 async def test_stdio_without_a_configured_principal_denies_everything(
-    pdp: PDP, tmp_path: Any
+    pdp: PDP, make_settings: Callable[..., Settings], tmp_path: Any
 ) -> None:
-    async with stdio_client(pdp, str(tmp_path / "db.sqlite"), None) as client:
+    settings = make_settings(pdp)
+    async with stdio_client(pdp, settings, str(tmp_path / "db.sqlite"), None) as client:
         with pytest.raises(MCPError) as denied:
             await client.list_tools()
         assert denied.value.error.code == NOT_AUTHORIZED
@@ -173,10 +181,11 @@ async def test_stdio_without_a_configured_principal_denies_everything(
 
 
 async def test_stdio_with_a_configured_principal_is_still_checked_by_the_pdp(
-    pdp: PDP, tmp_path: Any
+    pdp: PDP, make_settings: Callable[..., Settings], tmp_path: Any
 ) -> None:
     erin = {"id": "erin", "roles": ["auditor"], "department": "compliance"}
-    async with stdio_client(pdp, str(tmp_path / "db.sqlite"), erin) as client:
+    settings = make_settings(pdp)
+    async with stdio_client(pdp, settings, str(tmp_path / "db.sqlite"), erin) as client:
         assert {t.name for t in await client.list_tools()} == {
             "list_tickets",
             "get_ticket",
