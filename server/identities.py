@@ -427,7 +427,7 @@ class Identities:
         ttl = float(response["auth"]["lease_duration"])
         if ttl < self.settings.vault_tool_token_ttl_seconds * 2:
             return None  # capped by its max TTL: a fresh login gives children their full TTL
-        held.lease = Lease(
+        lease = Lease(
             token=held.lease.token,
             ttl=ttl,
             issued_at=issued_at,
@@ -435,6 +435,9 @@ class Identities:
             policies=held.lease.policies,
             generation=held.lease.generation,
         )
+        # A new client for the same token, so the request log shows the renewed expiry.
+        label = ClientLabel(SERVER, lease.generation, lease.expires_at)
+        self._server = held = Held(lease, self._client(lease.token, label))
         log.info("Vault: server token renewed (generation %d)", held.lease.generation)
         return held
 

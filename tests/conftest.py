@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from server.dev_issuer import DevIssuer, demo_principals
 from server.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
 from server.settings import Settings
-from server.vault_bootstrap import bootstrap, deliver_server_credential
+from server.vault_bootstrap import BootstrapConfig, bootstrap, deliver_server_credential
 from tests.support import (
     CANARIES,
     ROOT,
@@ -179,3 +179,20 @@ def server(
     running = start_server(make_settings(pdp), token)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def fresh_openbao(bao_bin: Path, tmp_path: Path) -> Iterator[Callable[..., OpenBao]]:
+    """An OpenBao of this test's own (to seal, break or configure), bootstrapped on request:
+    ``fresh_openbao(config=BootstrapConfig(...))``."""
+    started: list[OpenBao] = []
+
+    def start(config: BootstrapConfig | None = None) -> OpenBao:
+        running = start_openbao(bao_bin, workdir=tmp_path / f"openbao-{len(started)}")
+        started.append(running)
+        bootstrap(admin_client(running), out_dir=tmp_path / "bootstrap", config=config)
+        return running
+
+    yield start
+    for running in started:
+        running.process.stop()

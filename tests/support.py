@@ -311,3 +311,29 @@ def policy_matrix(suite_file: str) -> Matrix:
         actions = {a for a, effect in row["actions"].items() if effect == "EFFECT_ALLOW"}
         matrix.allowed.setdefault(row["principal"], {})[ident] = actions
     return matrix
+
+
+# --- Vault --------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_identities(settings: Settings) -> AsyncIterator[Any]:
+    """The server's Vault identities, opened as the Runtime opens them (login + every mint)."""
+    from server.identities import Identities
+
+    identities = Identities(settings)
+    await identities.open()
+    try:
+        yield identities
+    finally:
+        await identities.close()
+
+
+def live_token(identities: Any, name: str) -> str:
+    """The current token of an identity, for tests that talk to Vault directly with it."""
+    held = identities._server if name == "server" else identities._children[name]
+    return str(held.lease.token)
+
+
+def requests_by(log: Any, since: int, identity: str) -> list[tuple[str, str, int]]:
+    return [(r.method, r.path, r.status) for r in log.since(since) if r.label.identity == identity]
