@@ -1,0 +1,121 @@
+"""Production refuses development shortcuts (root token, dev-mode Vault, no TLS or no
+verification, placeholder secrets); development says loudly that it is development."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import hvac
+import pytest
+
+from server.devstack import PDP, OpenBao
+from server.identities import VaultFacts
+from server.production_guard import ProductionGuardError, is_placeholder, violations
+from server.runtime import build_runtime
+from server.settings import Settings
+
+PRODUCTION_VAULT = VaultFacts(
+    address="https://vault.internal:8200",
+    storage_type="raft",
+    server_policies=("mcp-server",),
+    server_token_expires=True,
+)
+
+
+def production(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "production",
+        "transport": "stdio",
+        "vault_address": "https://vault.internal:8200",
+        "database_password": "kT9vQ2rX7wLm4ZpB8sN1cY6hF3jD5gA0",
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def rules(settings: Settings, facts: VaultFacts = PRODUCTION_VAULT) -> list[str]:
+    return [v.rule for v in violations(settings, facts)]
+
+
+def test_a_clean_production_configuration_passes() -> None:
+    assert rules(production()) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "facts", "rule"),
+    [
+        (
+            production(),
+            VaultFacts("https://v:8200", "raft", ("root",), server_token_expires=False),
+            "root token",
+        ),
+        (
+            production(),
+            VaultFacts("https://v:8200", "inmem", ("mcp-server",), server_token_expires=True),
+            "dev-mode Vault",
+        ),
+        (production(vault_address="http://vault.internal:8200"), PRODUCTION_VAULT, "no TLS"),
+        (production(vault_tls_verify=False), PRODUCTION_VAULT, "TLS verification off"),
+        (production(database_password="changeme"), PRODUCTION_VAULT, "placeholder secret"),
+        (
+            production(database_password="<database password>"),
+            PRODUCTION_VAULT,
+            "placeholder secret",
+        ),
+    ],
+)
+def test_each_development_shortcut_is_a_violation(
+    settings: Settings, facts: VaultFacts, rule: str
+) -> None:
+    assert rules(settings, facts) == [rule]
+
+
+def test_placeholders_are_recognised_and_random_values_are_not() -> None:
+    for value in ("", "changeme", "CHANGE_ME", "${DB_PASSWORD}", "example-password", "secret"):
+        assert is_placeholder(value), value
+    assert not is_placeholder("kT9vQ2rX7wLm4ZpB8sN1cY6hF3jD5gA0")
+
+
+async def test_production_against_a_dev_vault_with_a_root_token_refuses_to_start(
+    pdp: PDP, make_settings: Callable[..., Settings], openbao: OpenBao, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(openbao.root_token)
+    settings = make_settings(
+        pdp, environment="production", vault_login="token_file", vault_token_file=token_file
+    )
+    runtime = build_runtime(settings)
+    with pytest.raises(ProductionGuardError) as refused:
+        await runtime.start()
+    message = str(refused.value)
+    assert "root token" in message and "dev-mode Vault" in message and "no TLS" in message
+    assert openbao.root_token not in message
+
+
+async def test_production_refuses_a_placeholder_secret_without_showing_it(
+    pdp: PDP, make_settings: Callable[..., Settings], fresh_openbao: Callable[..., OpenBao]
+) -> None:
+    vault = fresh_openbao()
+    hvac.Client(
+        url=vault.address, token=vault.root_token, timeout=5
+    ).secrets.kv.v2.create_or_update_secret(
+        path="mcp/server", secret={"database_password": "changeme"}, mount_point="secret"
+    )
+    runtime = build_runtime(make_settings(pdp, vault=vault, environment="production"))
+    with pytest.raises(ProductionGuardError) as refused:
+        await runtime.start()
+    assert "placeholder secret: database_password" in str(refused.value)
+    assert "changeme" not in str(refused.value)
+
+
+async def test_development_mode_says_so_loudly(
+    pdp: PDP, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = build_runtime(make_settings(pdp))
+    with caplog.at_level(logging.WARNING, logger="server.production_guard"):
+        await runtime.start()
+    await runtime.close()
+    loud = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("DEVELOPMENT MODE: not for production" in r.getMessage() for r in loud)
+    assert any("dev server, in memory" in r.getMessage() for r in loud)
