@@ -78,7 +78,9 @@ class Lease:
 
     @property
     def margin(self) -> float:
-        return 0.0 if math.isinf(self.ttl) else min(max(self.ttl * 0.1, 0.5), 5.0)
+        """Time kept between the last use of a token and its expiry: room for a slow request
+        or a stalled process (at least 1 s, at most 5 s)."""
+        return 0.0 if math.isinf(self.ttl) else min(max(self.ttl * 0.2, 1.0), 5.0)
 
     @property
     def usable_until(self) -> float:

@@ -86,8 +86,11 @@ async def test_production_against_a_dev_vault_with_a_root_token_refuses_to_start
         pdp, environment="production", vault_login="token_file", vault_token_file=token_file
     )
     runtime = build_runtime(settings)
-    with pytest.raises(ProductionGuardError) as refused:
-        await runtime.start()
+    try:
+        with pytest.raises(ProductionGuardError) as refused:
+            await runtime.start()
+    finally:
+        token_file.unlink()  # a root token on disk, placed by this test only
     message = str(refused.value)
     assert "root token" in message and "dev-mode Vault" in message and "no TLS" in message
     assert openbao.root_token not in message
