@@ -82,10 +82,17 @@ class RunningServer:
         return f"http://127.0.0.1:{self.http.port}"
 
     def client(
-        self, who: str | None = None, *, token: str | None = None, **kwargs: Any
+        self,
+        who: str | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **client_options: Any,
     ) -> Client[Any]:
+        """An MCP client over real HTTP as ``who``; options go to fastmcp.Client (mode, ...)."""
         bearer = token if token is not None else (self.token(who) if who else None)
-        return Client(StreamableHttpTransport(self.url, auth=bearer, **kwargs))
+        transport = StreamableHttpTransport(self.url, auth=bearer, headers=headers)
+        return Client(transport, **client_options)
 
     def stop(self) -> None:
         self.http.stop()
@@ -125,27 +132,35 @@ def db_snapshot(db_path: Path) -> str:
 
 
 def insert_ticket(
-    db_path: Path, *, team: str = "tier1", status: str = "open", assignee: str = ""
+    db_path: Path,
+    *,
+    team: str = "tier1",
+    status: str = "open",
+    assignee: str = "",
+    category: str = "technical",
+    created_by: str = "fixture",
 ) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
-            "INSERT INTO ticket (title, description, status, priority, team, department, assignee,"
-            " created_by, resolution, created_at, updated_at, version)"
-            " VALUES ('Fixture ticket', '', ?, 'normal', ?, 'support', ?, 'fixture', '',"
+            "INSERT INTO ticket (title, description, status, priority, team, category, department,"
+            " assignee, created_by, resolution, created_at, updated_at, version)"
+            " VALUES ('Fixture ticket', '', ?, 'normal', ?, ?, 'support', ?, ?, '',"
             " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
-            (status, team, assignee),
+            (status, team, category, assignee, created_by),
         )
         return int(cur.lastrowid or 0)
 
 
-def insert_account(db_path: Path, *, balance_cents: int = 100_000) -> int:
+def insert_account(
+    db_path: Path, *, balance_cents: int = 100_000, segment: str = "smb", status: str = "active"
+) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
             "INSERT INTO account (name, plan, status, region, segment, department, email, phone,"
             " balance_cents, created_at, updated_at, version)"
-            " VALUES ('Fixture Ltd', 'pro', 'active', 'eu', 'smb', 'finance', 'x@fixture.example',"
+            " VALUES ('Fixture Ltd', 'pro', ?, 'eu', ?, 'finance', 'x@fixture.example',"
             " '+1 555 0000', ?, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
-            (balance_cents,),
+            (status, segment, balance_cents),
         )
         return int(cur.lastrowid or 0)
 

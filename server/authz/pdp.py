@@ -40,6 +40,15 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+_KNOWN_FILTER_KINDS = frozenset(
+    {
+        engine_pb2.PlanResourcesFilter.KIND_ALWAYS_ALLOWED,
+        engine_pb2.PlanResourcesFilter.KIND_ALWAYS_DENIED,
+        engine_pb2.PlanResourcesFilter.KIND_CONDITIONAL,
+    }
+)
+
+
 class AuthorizationUnavailable(Exception):
     """The PDP could not give a trustworthy answer; callers must deny."""
 
@@ -164,6 +173,29 @@ class PolicyDecisionPoint:
         if not isinstance(reply, response_pb2.CheckResourcesResponse):
             raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
         return reply.cerbos_call_id, _read_results(reply, entries)
+
+    async def plan(
+        self, principal: Principal, kind: str, action: str, *, request_id: str
+    ) -> response_pb2.PlanResourcesResponse:
+        """Ask which resources of ``kind`` the principal may ``action``: a query plan.
+
+        Raises ``AuthorizationUnavailable`` unless the reply is a plan for exactly that kind
+        and action with a known filter kind.
+        """
+        request = request_pb2.PlanResourcesRequest(
+            request_id=request_id,
+            action=action,
+            principal=_principal_message(principal),
+            resource=engine_pb2.PlanResourcesInput.Resource(kind=kind),
+        )
+        reply = await self._call("PlanResources", request, request_id)
+        if not isinstance(reply, response_pb2.PlanResourcesResponse):
+            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+        if reply.resource_kind != kind or reply.action != action:
+            raise AuthorizationUnavailable("invalid_reply", "plan does not match the request")
+        if reply.filter.kind not in _KNOWN_FILTER_KINDS:
+            raise AuthorizationUnavailable("invalid_reply", "plan has no usable filter")
+        return reply
 
     async def _call(self, method: str, request: Any, request_id: str) -> Any:
         if self._stub is None:
