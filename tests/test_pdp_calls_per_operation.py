@@ -1,14 +1,18 @@
-"""A tools/list costs one CheckResources, however many tools there are (counted in the PDP log)."""
+"""What each MCP operation costs at the PDP, counted in the PDP's own decision log: one
+CheckResources per tools/list however many tools there are; a tools/call costs the tool gate and,
+for a record tool, the record decision, and nothing else."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from fastmcp import FastMCP
+from fastmcp import Client, FastMCP
 from mcp.types import ToolAnnotations
+from pydantic import Field
 
+from server.app import create_server
 from server.devstack import PDP
 from server.settings import Settings
 from tests.support import RunningServer, pdp_decisions, start_server
@@ -66,3 +70,34 @@ async def test_a_call_costs_one_decision_for_one_resource(
     assert len(caused) == 1
     (only,) = caused[0]["checkResources"]["inputs"]
     assert only["resource"]["id"] == "report_007" and only["actions"] == ["call"]
+
+
+async def test_a_record_tool_call_costs_the_gate_and_the_record_decision_only(
+    server: RunningServer, pdp: PDP
+) -> None:
+    """In particular the SDK's Mcp-Param header check must not list (and authorize) every tool."""
+    async with server.client("alice") as client:
+        await client.list_tools()
+        async with pdp_decisions(server, pdp.audit_log) as caused:
+            await client.call_tool("get_ticket", {"ticket_id": 1})
+    decided = sorted(
+        (i["resource"]["kind"], i["resource"]["id"], tuple(i["actions"]))
+        for entry in caused
+        for i in entry["checkResources"]["inputs"]
+    )
+    assert decided == [("mcp_tool", "get_ticket", ("call",)), ("ticket", "1", ("view",))]
+
+
+async def test_a_tool_mirroring_parameters_into_headers_is_refused_at_startup(
+    pdp: PDP, make_settings: Callable[..., Settings]
+) -> None:
+    mcp = create_server(make_settings(pdp))
+
+    def route(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+        return region
+
+    mcp.tool(route, meta={"department": "support", "sensitivity": "internal"})
+    with pytest.raises(Exception, match="Mcp-Param headers are not supported") as refused:
+        async with Client(mcp):
+            pass
+    assert "route" in str(refused.value)
