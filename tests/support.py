@@ -5,52 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.middleware import Middleware
 
 from server.app import create_http_app, create_server
-from server.devstack import free_port, wait_until
+from server.devstack import UvicornThread, wait_until
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_TESTS = ROOT / "policies" / "tests"
-
-
-class UvicornThread:
-    """Runs an ASGI app with uvicorn on a loopback port in a background thread."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self, timeout: float = 20) -> UvicornThread:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(),
-            timeout=timeout,
-            what="uvicorn",
-        )
-        if not self.server.started:
-            raise RuntimeError("server failed to start (see log above)")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class ReachedTool(Middleware):
