@@ -23,6 +23,7 @@ from server.authz import components
 from server.authz.middleware import AuthorizationMiddleware
 from server.authz.pdp import PolicyDecisionPoint
 from server.http_edge import RequestLimits
+from server.ratelimit import RateLimiter
 from server.runtime import Runtime
 from server.settings import Settings
 from server.store import Store
@@ -62,7 +63,17 @@ def create_server(settings: Settings) -> FastMCP[Any]:
         instructions=INSTRUCTIONS,
         auth=build_auth_provider(settings) if settings.transport == "http" else None,
         lifespan=lifespan,
-        middleware=[AuthorizationMiddleware(pdp, local_principal=settings.stdio_principal)],
+        middleware=[
+            AuthorizationMiddleware(
+                pdp,
+                local_principal=settings.stdio_principal,
+                rate_limiter=(
+                    RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+                    if settings.rate_limit_per_second > 0
+                    else None
+                ),
+            )
+        ],
         # Exceptions from tool bodies reach the client as a generic message; tools raise
         # ToolError with a safe text when the caller should learn why.
         mask_error_details=True,
