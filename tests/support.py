@@ -150,8 +150,15 @@ def audit_entries(audit_log: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def entry_inputs(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inputs of a decision-log entry: a CheckResources' resources, or a PlanResources'."""
+    if "checkResources" in entry:
+        return list(entry["checkResources"]["inputs"])
+    return [entry["planResources"]["input"]]
+
+
 def entry_principals(entry: dict[str, Any]) -> set[str]:
-    return {i["principal"]["id"] for i in entry["checkResources"]["inputs"]}
+    return {i["principal"]["id"] for i in entry_inputs(entry)}
 
 
 SENTINEL = "erin"

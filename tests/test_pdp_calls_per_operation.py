@@ -15,7 +15,7 @@ from pydantic import Field
 from server.app import create_server
 from server.devstack import PDP
 from server.settings import Settings
-from tests.support import RunningServer, pdp_decisions, start_server
+from tests.support import RunningServer, entry_inputs, pdp_decisions, start_server
 
 EXTRA_TOOLS = 150
 
@@ -54,7 +54,7 @@ async def test_one_check_resources_per_tools_list_whatever_the_tool_count(
         tools = await client.list_tools()
     assert len(tools) == 8 + EXTRA_TOOLS  # alice's eight example tools and the read-only reports
     assert len(caused) == 1, f"{len(caused)} PDP calls for one tools/list"
-    inputs = caused[0]["checkResources"]["inputs"]
+    inputs = entry_inputs(caused[0])
     assert len(inputs) == 13 + EXTRA_TOOLS
     assert {i["resource"]["kind"] for i in inputs} == {"mcp_tool"}
     assert {tuple(i["actions"]) for i in inputs} == {("list",)}
@@ -68,7 +68,7 @@ async def test_a_call_costs_one_decision_for_one_resource(
         async with pdp_decisions(big_server, pdp.audit_log) as caused:
             await client.call_tool("report_007", {})
     assert len(caused) == 1
-    (only,) = caused[0]["checkResources"]["inputs"]
+    (only,) = entry_inputs(caused[0])
     assert only["resource"]["id"] == "report_007" and only["actions"] == ["call"]
 
 
@@ -83,7 +83,7 @@ async def test_a_record_tool_call_costs_the_gate_and_the_record_decision_only(
     decided = sorted(
         (i["resource"]["kind"], i["resource"]["id"], tuple(i["actions"]))
         for entry in caused
-        for i in entry["checkResources"]["inputs"]
+        for i in entry_inputs(entry)
     )
     assert decided == [("mcp_tool", "get_ticket", ("call",)), ("ticket", "1", ("view",))]
 
