@@ -67,6 +67,11 @@ class PerToolListChecks(AuthorizationMiddleware):
 def only_report_tools(mcp: FastMCP[Any], count: int) -> None:
     """Exactly ``count`` listable tools: the examples hidden, read-only report tools added."""
     mcp.disable(tags={"tickets", "accounts"})
+    add_report_tools(mcp, count)
+
+
+def add_report_tools(mcp: FastMCP[Any], count: int) -> None:
+    """``count`` trivial read-only support tools, to list many components."""
     for i in range(count):
 
         def report(i: int = i) -> str:

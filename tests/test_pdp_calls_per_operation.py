@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import pytest
 from fastmcp import Client, FastMCP
-from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from bench.servers import add_report_tools
 from server.app import create_server
 from server.devstack import PDP
 from server.settings import Settings
@@ -21,18 +21,7 @@ EXTRA_TOOLS = 150
 
 
 def add_many_tools(mcp: FastMCP[Any]) -> None:
-    for i in range(EXTRA_TOOLS):
-
-        def report(i: int = i) -> str:
-            return f"report {i}"
-
-        mcp.tool(
-            report,
-            name=f"report_{i:03d}",
-            tags={"reports"},
-            meta={"department": "support", "sensitivity": "internal"},
-            annotations=ToolAnnotations(read_only_hint=True),
-        )
+    add_report_tools(mcp, EXTRA_TOOLS)
 
 
 @pytest.fixture(scope="module")
