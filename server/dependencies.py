@@ -1,4 +1,5 @@
-"""What a tool may receive by injection: the store, the authorized caller, its Vault identity.
+"""What a tool may receive by injection: the store, the caller, record-level access, and its
+own Vault identity.
 
 Injected parameters are invisible in the tool's input schema, so a client cannot supply them.
 A tool gets its own Vault identity and nothing else: never the server's token, never another
@@ -13,9 +14,10 @@ from typing import cast
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
 
+from server.authz.records import RecordAccess
 from server.identities import ToolIdentity
 from server.principal import Principal
-from server.request_context import current_principal
+from server.request_context import current_principal, current_request
 from server.runtime import Runtime
 from server.store import Store
 
@@ -31,6 +33,14 @@ def get_store(ctx: Context = CurrentContext()) -> Store:
 def get_principal() -> Principal:
     """The caller the authorization middleware admitted; built from verified claims only."""
     return current_principal()
+
+
+def get_record_access(ctx: Context = CurrentContext()) -> RecordAccess:
+    """Record-level decisions for the caller, under the request's id, through the one PDP client."""
+    info = current_request()
+    if info is None or info.principal is None:
+        raise LookupError("no authorized principal in this context")
+    return RecordAccess(get_runtime(ctx).pdp, info.principal, info.request_id)
 
 
 def tool_identity(name: str) -> Callable[..., ToolIdentity]:

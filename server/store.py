@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fastmcp.exceptions import ToolError
 from sqlalchemy import CheckConstraint, ForeignKey, String, Text, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -21,10 +22,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm.exc import StaleDataError
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class RecordChanged(ToolError):
+    """A concurrent write won: this one was rolled back."""
 
 
 class Base(DeclarativeBase):
@@ -34,6 +40,7 @@ class Base(DeclarativeBase):
 TICKET_STATUSES = ("open", "in_progress", "closed")
 PRIORITIES = ("low", "normal", "high", "urgent")
 TEAMS = ("tier1", "tier2")
+CATEGORIES = ("technical", "billing", "account")
 PLANS = ("free", "pro", "enterprise")
 ACCOUNT_STATUSES = ("active", "suspended")
 
@@ -43,6 +50,7 @@ class Ticket(Base):
     __table_args__ = (
         CheckConstraint(f"status IN {TICKET_STATUSES}", name="ticket_status"),
         CheckConstraint(f"priority IN {PRIORITIES}", name="ticket_priority"),
+        CheckConstraint(f"category IN {CATEGORIES}", name="ticket_category"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,6 +59,7 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     team: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(16), default="technical")
     department: Mapped[str] = mapped_column(String(64), default="support")
     # "" when unassigned: NOT NULL keeps policy-derived filters exact.
     assignee: Mapped[str] = mapped_column(String(128), default="")
@@ -100,6 +109,17 @@ class Refund(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ConfirmationUse(Base):
+    """Each human confirmation runs its action once: its nonce is stored with the action."""
+
+    __tablename__ = "confirmation_use"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    principal: Mapped[str] = mapped_column(String(128))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Store:
     """Owns the engine; hands out one session (and transaction) per unit of work."""
 
@@ -139,8 +159,15 @@ class Store:
         """A session inside one transaction: commit on success, roll back on any error."""
         if self._sessions is None:
             raise RuntimeError("store not started")
-        async with self._sessions() as session, session.begin():
-            yield session
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except StaleDataError:
+            # The row's version moved between our read (and authorization) and our write.
+            raise RecordChanged(
+                "The record changed while this request was being decided; nothing was saved. "
+                "Read it again and retry."
+            ) from None
 
     async def _seed_if_empty(self) -> None:
         async with self.transaction() as session:
@@ -159,18 +186,18 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 def _demo_tickets() -> list[Ticket]:
     rows = [
-        ("Password reset email never arrives", "tier1", "high", "alice"),
-        ("Cannot update billing address", "tier1", "normal", ""),
-        ("Dashboard shows wrong time zone", "tier1", "low", "alice"),
-        ("Export to CSV times out", "tier1", "normal", ""),
-        ("Two-factor codes rejected on mobile", "tier1", "urgent", ""),
-        ("Invoice PDF is blank", "tier1", "normal", ""),
-        ("API returns 500 on bulk import", "tier2", "urgent", "bob"),
-        ("Webhook deliveries delayed by hours", "tier2", "high", "bob"),
-        ("SSO login loops after IdP change", "tier2", "high", ""),
-        ("Data retention policy question", "tier2", "low", ""),
-        ("Rate limit hit below documented quota", "tier2", "normal", ""),
-        ("Audit log missing entries for May", "tier2", "normal", ""),
+        ("Password reset email never arrives", "tier1", "high", "account", "alice"),
+        ("Cannot update billing address", "tier1", "normal", "billing", ""),
+        ("Dashboard shows wrong time zone", "tier1", "low", "technical", "alice"),
+        ("Export to CSV times out", "tier1", "normal", "technical", ""),
+        ("Two-factor codes rejected on mobile", "tier1", "urgent", "account", ""),
+        ("Invoice PDF is blank", "tier1", "normal", "billing", ""),
+        ("API returns 500 on bulk import", "tier2", "urgent", "technical", "bob"),
+        ("Webhook deliveries delayed by hours", "tier2", "high", "technical", "bob"),
+        ("SSO login loops after IdP change", "tier2", "high", "account", ""),
+        ("Charged twice for the annual plan", "tier2", "high", "billing", ""),
+        ("Rate limit hit below documented quota", "tier2", "normal", "technical", ""),
+        ("Audit log missing entries for May", "tier2", "normal", "technical", ""),
     ]
     return [
         Ticket(
@@ -178,11 +205,12 @@ def _demo_tickets() -> list[Ticket]:
             description=f"Customer report: {title.lower()}.",
             team=team,
             priority=priority,
+            category=category,
             assignee=assignee,
             status="in_progress" if assignee else "open",
             created_by="seed",
         )
-        for title, team, priority, assignee in rows
+        for title, team, priority, category, assignee in rows
     ]
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import secrets
 import sqlite3
-import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import hvac
-import uvicorn
 import yaml
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
@@ -24,7 +22,7 @@ from fastmcp.server.middleware import Middleware
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.app import create_http_app, create_server
-from server.devstack import free_port, wait_until
+from server.devstack import UvicornThread, wait_until
 from server.runtime import Runtime, build_runtime
 from server.settings import Settings
 
@@ -103,33 +101,6 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class UvicornThread:
-    """Runs an ASGI app with uvicorn on a loopback port in a background thread."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self, timeout: float = 20) -> UvicornThread:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(),
-            timeout=timeout,
-            what="uvicorn",
-        )
-        if not self.server.started:
-            raise RuntimeError("server failed to start (see log above)")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 class ReachedTool(Middleware):
     """Counts tools/call requests that got past authorization, i.e. reached the tool."""
 
@@ -160,10 +131,17 @@ class RunningServer:
         return f"http://127.0.0.1:{self.http.port}"
 
     def client(
-        self, who: str | None = None, *, token: str | None = None, **kwargs: Any
+        self,
+        who: str | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **client_options: Any,
     ) -> Client[Any]:
+        """An MCP client over real HTTP as ``who``; options go to fastmcp.Client (mode, ...)."""
         bearer = token if token is not None else (self.token(who) if who else None)
-        return Client(StreamableHttpTransport(self.url, auth=bearer, **kwargs))
+        transport = StreamableHttpTransport(self.url, auth=bearer, headers=headers)
+        return Client(transport, **client_options)
 
     def stop(self) -> None:
         self.http.stop()
@@ -204,27 +182,35 @@ def db_snapshot(db_path: Path) -> str:
 
 
 def insert_ticket(
-    db_path: Path, *, team: str = "tier1", status: str = "open", assignee: str = ""
+    db_path: Path,
+    *,
+    team: str = "tier1",
+    status: str = "open",
+    assignee: str = "",
+    category: str = "technical",
+    created_by: str = "fixture",
 ) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
-            "INSERT INTO ticket (title, description, status, priority, team, department, assignee,"
-            " created_by, resolution, created_at, updated_at, version)"
-            " VALUES ('Fixture ticket', '', ?, 'normal', ?, 'support', ?, 'fixture', '',"
+            "INSERT INTO ticket (title, description, status, priority, team, category, department,"
+            " assignee, created_by, resolution, created_at, updated_at, version)"
+            " VALUES ('Fixture ticket', '', ?, 'normal', ?, ?, 'support', ?, ?, '',"
             " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
-            (status, team, assignee),
+            (status, team, category, assignee, created_by),
         )
         return int(cur.lastrowid or 0)
 
 
-def insert_account(db_path: Path, *, balance_cents: int = 100_000) -> int:
+def insert_account(
+    db_path: Path, *, balance_cents: int = 100_000, segment: str = "smb", status: str = "active"
+) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
             "INSERT INTO account (name, plan, status, region, segment, department, email, phone,"
             " balance_cents, created_at, updated_at, version)"
-            " VALUES ('Fixture Ltd', 'pro', 'active', 'eu', 'smb', 'finance', 'x@fixture.example',"
+            " VALUES ('Fixture Ltd', 'pro', ?, 'eu', ?, 'finance', 'x@fixture.example',"
             " '+1 555 0000', ?, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
-            (balance_cents,),
+            (status, segment, balance_cents),
         )
         return int(cur.lastrowid or 0)
 
@@ -243,8 +229,15 @@ def audit_entries(audit_log: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def entry_inputs(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inputs of a decision-log entry: a CheckResources' resources, or a PlanResources'."""
+    if "checkResources" in entry:
+        return list(entry["checkResources"]["inputs"])
+    return [entry["planResources"]["input"]]
+
+
 def entry_principals(entry: dict[str, Any]) -> set[str]:
-    return {i["principal"]["id"] for i in entry["checkResources"]["inputs"]}
+    return {i["principal"]["id"] for i in entry_inputs(entry)}
 
 
 SENTINEL = "erin"

@@ -6,7 +6,6 @@ test proves that the running server enforces exactly what the policy tests speci
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,32 +20,31 @@ DEMO_PRINCIPALS = ["alice", "bob", "carol", "dave", "erin", "mallory"]
 REGISTERED_TOOLS = [t for t in TOOLS.components if t != "drop_database"]
 
 
-def tool_arguments(tool: str, server: RunningServer) -> dict[str, Any]:
-    """Valid arguments for one call, on a fresh record so calls never depend on each other."""
+def tool_arguments(tool: str, server: RunningServer, who: str) -> dict[str, Any]:
+    """Valid arguments for one call, on a fresh record the caller's record-level rules allow
+    (this test is about the tool gate), so calls never depend on each other."""
     db = server.db_path
+    team = "tier2" if who == "bob" else "tier1"
+    ticket = {"team": team, "category": "billing" if who == "carol" else "technical"}
     match tool:
         case "list_tickets" | "list_accounts":
             return {}
         case "create_ticket":
-            return {"title": "Printer is on fire", "team": "tier1"}
+            return {"title": "Printer is on fire", "team": team}
         case "get_ticket" | "delete_ticket":
-            return {"ticket_id": insert_ticket(db)}
+            return {"ticket_id": insert_ticket(db, **ticket)}
         case "update_ticket":
-            return {"ticket_id": insert_ticket(db), "priority": "high"}
+            return {"ticket_id": insert_ticket(db, **ticket), "priority": "high"}
         case "assign_ticket":
-            return {"ticket_id": insert_ticket(db), "assignee": "bob"}
+            return {"ticket_id": insert_ticket(db, **ticket), "assignee": "bob"}
         case "close_ticket":
-            return {"ticket_id": insert_ticket(db), "resolution": "Replaced the toner"}
+            return {"ticket_id": insert_ticket(db, **ticket), "resolution": "Replaced the toner"}
         case "get_account" | "delete_account":
             return {"account_id": insert_account(db)}
         case "update_plan":
             return {"account_id": insert_account(db), "plan": "enterprise"}
         case "issue_refund":
-            return {
-                "account_id": insert_account(db),
-                "amount": str(Decimal("25.50")),
-                "reason": "Goodwill",
-            }
+            return {"account_id": insert_account(db), "amount": "25.50", "reason": "Goodwill"}
         case "suspend_account":
             return {"account_id": insert_account(db), "reason": "Chargeback fraud"}
     raise AssertionError(f"no arguments for {tool}")
@@ -75,7 +73,7 @@ async def test_allowed_calls_succeed_and_denied_calls_look_like_unknown_tools(
     async with server.client(who) as client:
         unknown = error_text(await client.call_tool("no_such_tool", {}, raise_on_error=False))
         for tool in REGISTERED_TOOLS:
-            arguments = tool_arguments(tool, server)
+            arguments = tool_arguments(tool, server, who)
             reached_before = len(server.reached.calls)
             before = db_snapshot(server.db_path)
             result = await client.call_tool(tool, arguments, raise_on_error=False)
@@ -94,8 +92,11 @@ async def test_allowed_calls_succeed_and_denied_calls_look_like_unknown_tools(
 async def test_resource_reads_follow_the_policies_and_denials_look_like_missing(
     server: RunningServer, who: str
 ) -> None:
+    team = "tier2" if who == "bob" else "tier1"
+    category = "billing" if who == "carol" else "technical"
+    ticket = insert_ticket(server.db_path, team=team, category=category)
     uris = {
-        "ticket://{ticket_id}": f"ticket://{insert_ticket(server.db_path)}",
+        "ticket://{ticket_id}": f"ticket://{ticket}",
         "account://{account_id}": f"account://{insert_account(server.db_path)}",
     }
     async with server.client(who) as client:

@@ -21,7 +21,7 @@ from cerbos.response.v1 import response_pb2
 from cerbos.svc.v1 import svc_pb2_grpc
 from mcp import MCPError
 
-from server.authz.middleware import AUTHORIZATION_UNAVAILABLE
+from server.authz.errors import AUTHORIZATION_UNAVAILABLE
 from server.authz.pdp import AuthorizationUnavailable, PolicyDecisionPoint, ResourceRef
 from server.devstack import PDP, POLICIES, free_port, start_pdp
 from server.principal import Principal

@@ -15,6 +15,7 @@ from server.dev_issuer import demo_principals
 from server.principal import principal_from_claims
 from server.settings import Settings
 from tests.support import POLICY_TESTS
+from tools import accounts, tickets
 
 FIXTURES = POLICY_TESTS / "testdata"
 
@@ -53,9 +54,20 @@ async def test_policy_resources_are_the_registered_components() -> None:
     fixtures = {
         (r["kind"], r["id"]): r["attr"]
         for r in load("resources.yaml")["resources"].values()
-        if r["attr"]["department"] != components.UNREGISTERED
+        if r["kind"].startswith("mcp_") and r["attr"]["department"] != components.UNREGISTERED
     }
     assert fixtures == served
+
+
+def test_record_fixtures_carry_exactly_the_attributes_the_tools_send() -> None:
+    sent = {
+        tickets.POLICY_KIND: set(tickets.POLICY_COLUMNS),
+        accounts.POLICY_KIND: {*accounts.POLICY_COLUMNS, "refund_amount"},
+    }
+    records = [r for r in load("resources.yaml")["resources"].values() if r["kind"] in sent]
+    assert {r["kind"] for r in records} == set(sent)
+    for record in records:
+        assert set(record["attr"]) == sent[record["kind"]], record["id"]
 
 
 async def test_every_component_declares_policy_metadata() -> None:

@@ -14,7 +14,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from mcp import MCPError
 
-from server.authz.middleware import NOT_AUTHORIZED
+from server.authz.errors import NOT_AUTHORIZED
 from server.devstack import PDP
 from server.http_edge import json_depth
 from server.settings import Settings

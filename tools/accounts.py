@@ -1,39 +1,52 @@
-"""Customer account tools: plans, refunds and suspensions, owned by the finance department."""
+"""Customer account tools: plans, refunds and suspensions, owned by the finance department.
+
+Beyond the tool gate, every account is checked against ``policies/account.yaml``: who may see it
+(list_accounts returns only those rows), who sees its contact details unmasked (``view_pii``),
+and who may change it or move money. A refund above the caller's limit is allowed only after a
+human confirms it, when the policy says so.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
-from fastmcp import FastMCP
-from fastmcp.dependencies import Depends
+from fastmcp import Context, FastMCP
+from fastmcp.dependencies import CurrentContext, Depends
 from fastmcp.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import InputRequiredResult
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.dependencies import get_principal, get_store
+from server import confirmation
+from server.authz.errors import not_found as component_not_found
+from server.authz.pdp import ResourceDecision, ResourceRef
+from server.authz.records import RecordAccess, obligations
+from server.dependencies import get_principal, get_record_access, get_store
 from server.principal import Principal
 from server.store import Account, Refund, Store
+from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "finance"
 CONFIDENTIAL = {"department": DEPARTMENT, "sensitivity": "confidential"}
 RESTRICTED = {"department": DEPARTMENT, "sensitivity": "restricted"}
 
+# The account as the policy sees it: policy attribute -> stored column (NOT NULL, plaintext).
+POLICY_KIND: Final = "account"
+POLICY_COLUMNS: Final = {
+    "department": Account.department,
+    "region": Account.region,
+    "segment": Account.segment,
+    "plan": Account.plan,
+    "status": Account.status,
+}
+VIEW_PII: Final = "view_pii"
+
 AccountId = Annotated[int, Field(description="Numeric id of the customer account, e.g. 2.", ge=1)]
 Plan = Literal["free", "pro", "enterprise"]
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-WRITES = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class AccountOut(BaseModel):
@@ -43,14 +56,15 @@ class AccountOut(BaseModel):
     status: Literal["active", "suspended"]
     region: str
     segment: str
-    email: str
-    phone: str
+    email: str = Field(description="Contact email; masked unless you may see personal data.")
+    phone: str = Field(description="Contact phone; masked unless you may see personal data.")
+    pii_masked: bool
     balance: Decimal = Field(description="Refundable balance in the account currency.")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: Account) -> AccountOut:
+    def of(cls, row: Account, *, show_pii: bool) -> AccountOut:
         return cls(
             id=row.id,
             name=row.name,
@@ -58,8 +72,9 @@ class AccountOut(BaseModel):
             status=row.status,
             region=row.region,
             segment=row.segment,
-            email=row.email,
-            phone=row.phone,
+            email=row.email if show_pii else mask_email(row.email),
+            phone=row.phone if show_pii else mask_phone(row.phone),
+            pii_masked=not show_pii,
             balance=Decimal(row.balance_cents) / 100,
             created_at=row.created_at,
             updated_at=row.updated_at,
@@ -78,18 +93,67 @@ class RefundOut(BaseModel):
     reason: str
     created_by: str
     remaining_balance: Decimal
+    confirmed_by_human: bool
 
 
-class Deleted(BaseModel):
-    id: int
-    deleted: bool = True
+def mask_email(email: str) -> str:
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
 
 
-async def load(session: AsyncSession, account_id: int) -> Account:
-    row = await session.get(Account, account_id)
-    if row is None:
-        raise ToolError(f"Account {account_id} not found.")
-    return row
+def mask_phone(phone: str) -> str:
+    digits = re.sub(r"\D", "", phone)
+    return f"***{digits[-4:]}" if len(digits) > 4 else "***"
+
+
+def policy_resource(account: Account, *, refund_amount: Decimal = Decimal(0)) -> ResourceRef:
+    attributes = policy_attributes(account, POLICY_COLUMNS)
+    # Only the refund decision needs an argument of the call: its amount, nothing else.
+    attributes["refund_amount"] = float(refund_amount)
+    return ResourceRef(kind=POLICY_KIND, id=str(account.id), attributes=attributes)
+
+
+def not_found(account_id: int) -> ToolError:
+    return ToolError(f"Account {account_id} not found.")
+
+
+async def authorized(
+    session: AsyncSession,
+    access: RecordAccess,
+    account_id: int,
+    action: str,
+    doing: str,
+    *,
+    refund_amount: Decimal = Decimal(0),
+) -> tuple[Account, ResourceDecision]:
+    """Load the account and require ``action`` on it; forbidden and missing look the same.
+
+    ``view_pii`` is decided in the same PDP call, for the account the tool returns.
+    """
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise not_found(account_id)
+    decision = await access.require(
+        policy_resource(account, refund_amount=refund_amount),
+        action,
+        not_found=not_found(account_id),
+        doing=doing,
+        also=(VIEW_PII,),
+    )
+    return account, decision
+
+
+async def viewable(
+    session: AsyncSession, access: RecordAccess, account_id: int, missing: Exception
+) -> AccountOut:
+    """The account as the caller may see it: one decision for view and view_pii together."""
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise missing
+    (decision,) = await access.decide([policy_resource(account)], ("view", VIEW_PII))
+    if not decision.allowed("view"):
+        raise missing
+    return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
 
 
 def register(mcp: FastMCP) -> None:
@@ -102,37 +166,51 @@ def register(mcp: FastMCP) -> None:
             int, Field(description="Maximum number of accounts to return.", ge=1, le=100)
         ] = 25,
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> AccountList:
-        """List customer accounts with plan, status and contact details."""
-        query = select(Account).order_by(Account.id).limit(limit)
+        """List the customer accounts you may see, with plan, status and contact details."""
+        query = await access.query(Account, POLICY_KIND, "view", POLICY_COLUMNS)
+        query = query.order_by(Account.id).limit(limit)
         if plan is not None:
             query = query.where(Account.plan == plan)
         async with store.transaction() as session:
             rows = (await session.scalars(query)).all()
-        return AccountList(accounts=[AccountOut.of(r) for r in rows], count=len(rows))
+        # Whether each row's contact details may be shown: one batched decision for the page.
+        pii = await access.decide([policy_resource(r) for r in rows], (VIEW_PII,)) if rows else []
+        accounts = [
+            AccountOut.of(r, show_pii=d.allowed(VIEW_PII)) for r, d in zip(rows, pii, strict=True)
+        ]
+        return AccountList(accounts=accounts, count=len(accounts))
 
     @mcp.tool(tags=tags, meta=CONFIDENTIAL, annotations=READ_ONLY)
-    async def get_account(account_id: AccountId, store: Store = Depends(get_store)) -> AccountOut:
+    async def get_account(
+        account_id: AccountId,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> AccountOut:
         """Get one customer account: plan, status, region, contacts and refundable balance."""
         async with store.transaction() as session:
-            return AccountOut.of(await load(session, account_id))
+            return await viewable(session, access, account_id, not_found(account_id))
 
     @mcp.tool(tags=tags | {"billing"}, meta=CONFIDENTIAL, annotations=WRITES)
     async def update_plan(
         account_id: AccountId,
         plan: Annotated[Plan, Field(description="The plan the account should be on from now on.")],
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> AccountOut:
-        """Move an account to another plan (upgrade or downgrade)."""
+        """Move an active account to another plan (upgrade or downgrade)."""
         async with store.transaction() as session:
-            account = await load(session, account_id)
-            if account.status != "active":
-                raise ToolError(
-                    f"Account {account_id} is suspended; reactivate it before changing plans."
-                )
+            account, decision = await authorized(
+                session,
+                access,
+                account_id,
+                "update_plan",
+                f"change the plan of account {account_id}",
+            )
             account.plan = plan
             await session.flush()
-            return AccountOut.of(account)
+            return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
 
     @mcp.tool(tags=tags | {"billing", "money_movement"}, meta=RESTRICTED, annotations=WRITES)
     async def issue_refund(
@@ -154,29 +232,45 @@ def register(mcp: FastMCP) -> None:
                 max_length=1_000,
             ),
         ],
+        ctx: Context = CurrentContext(),
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
         caller: Principal = Depends(get_principal),
-    ) -> RefundOut:
-        """Refund part of an account's balance to the customer. Records who issued it and why."""
-        cents = int(amount * 100)
+    ) -> RefundOut | InputRequiredResult:
+        """Refund part of an account's balance to the customer. Records who issued it and why.
+
+        Refunds above your limit may need a human to confirm them before they run.
+        """
+        doing = f"refund {amount} to account {account_id}"
         async with store.transaction() as session:
-            account = await load(session, account_id)
-            if cents > account.balance_cents:
-                raise ToolError(f"Refund exceeds the refundable balance of account {account_id}.")
-            refund = Refund(
-                account_id=account_id, amount_cents=cents, reason=reason, created_by=caller.id
+            account, decision = await authorized(
+                session, access, account_id, "refund", doing, refund_amount=amount
             )
-            session.add(refund)
-            account.balance_cents -= cents
-            await session.flush()
-            return RefundOut(
-                id=refund.id,
-                account_id=account_id,
-                amount=Decimal(cents) / 100,
-                reason=reason,
-                created_by=caller.id,
-                remaining_balance=Decimal(account.balance_cents) / 100,
+            ask = obligations(decision.actions["refund"])
+            if not ask.requires_confirmation:
+                return await refund(session, account, amount, reason, caller, confirmed=False)
+            name = account.name
+
+        # Ask the human outside any transaction; on 2026-07-28 connections this returns the
+        # question, and the client retries the whole call (re-authorized) with the answer.
+        fingerprint = hashlib.sha256(reason.encode()).hexdigest()[:16]
+        subject = f"refund:{account_id}:{amount}:{fingerprint}"
+        answer = await confirmation.ask(
+            ctx,
+            caller,
+            subject=subject,
+            question=f"Refund {amount} to {name} (account {account_id})? Needed: {ask.reason}.",
+            what="the refund",
+        )
+        if isinstance(answer, InputRequiredResult):
+            return answer
+        async with store.transaction() as session:
+            # Decided again on the record as it is now: it may have changed while the human thought.
+            account, _ = await authorized(
+                session, access, account_id, "refund", doing, refund_amount=amount
             )
+            await confirmation.spend(session, answer, subject=subject, principal=caller)
+            return await refund(session, account, amount, reason, caller, confirmed=True)
 
     @mcp.tool(tags=tags, meta=RESTRICTED, annotations=WRITES)
     async def suspend_account(
@@ -190,34 +284,48 @@ def register(mcp: FastMCP) -> None:
             ),
         ],
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> AccountOut:
-        """Suspend an account: the customer loses access until it is reactivated."""
+        """Suspend an active account: the customer loses access until it is reactivated."""
         async with store.transaction() as session:
-            account = await load(session, account_id)
-            if account.status == "suspended":
-                raise ToolError(f"Account {account_id} is already suspended.")
+            account, decision = await authorized(
+                session, access, account_id, "suspend", f"suspend account {account_id}"
+            )
             account.status = "suspended"
             await session.flush()
-            return AccountOut.of(account)
+            return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
 
     @mcp.tool(tags=tags, meta=RESTRICTED, annotations=DESTRUCTIVE)
-    async def delete_account(account_id: AccountId, store: Store = Depends(get_store)) -> Deleted:
+    async def delete_account(
+        account_id: AccountId,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> Deleted:
         """Permanently delete an account and its refund history. This cannot be undone."""
         async with store.transaction() as session:
-            await session.delete(await load(session, account_id))
+            account, _ = await authorized(
+                session, access, account_id, "delete", f"delete account {account_id}"
+            )
+            await session.delete(account)
         return Deleted(id=account_id)
 
     @mcp.resource(
         "account://{account_id}",
         name="account",
-        description="A customer account as JSON.",
+        description="A customer account as JSON (contact details masked unless permitted).",
         mime_type="application/json",
         tags=tags,
         meta=CONFIDENTIAL,
     )
-    async def account_resource(account_id: int, store: Store = Depends(get_store)) -> str:
+    async def account_resource(
+        account_id: int,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> str:
+        # An account the caller may not view reads exactly like a URI that matches nothing.
+        missing = component_not_found("resource", f"account://{account_id}")
         async with store.transaction() as session:
-            return AccountOut.of(await load(session, account_id)).model_dump_json()
+            return (await viewable(session, access, account_id, missing)).model_dump_json()
 
     @mcp.prompt(name="refund_review", tags=tags, meta=RESTRICTED)
     async def refund_review(
@@ -230,3 +338,33 @@ def register(mcp: FastMCP) -> None:
             "get_account, check the refundable balance and plan, and recommend approve or reject "
             "with a one-paragraph justification. Do not issue the refund yourself."
         )
+
+
+async def refund(
+    session: AsyncSession,
+    account: Account,
+    amount: Decimal,
+    reason: str,
+    caller: Principal,
+    *,
+    confirmed: bool,
+) -> RefundOut:
+    """Record the refund and lower the balance, in the caller's transaction (all or nothing)."""
+    cents = int(amount * 100)
+    if cents > account.balance_cents:
+        raise ToolError(
+            f"Refund exceeds the refundable balance of account {account.id}. Nothing was changed."
+        )
+    row = Refund(account_id=account.id, amount_cents=cents, reason=reason, created_by=caller.id)
+    session.add(row)
+    account.balance_cents -= cents
+    await session.flush()
+    return RefundOut(
+        id=row.id,
+        account_id=account.id,
+        amount=Decimal(cents) / 100,
+        reason=reason,
+        created_by=caller.id,
+        remaining_balance=Decimal(account.balance_cents) / 100,
+        confirmed_by_human=confirmed,
+    )

@@ -1,44 +1,50 @@
 """Ticketing tools: a support desk's queue, owned by the support department.
 
-Each tool declares what the policies need (``meta`` department and sensitivity, tags,
-read-only / destructive annotations); the authorization middleware has already allowed the call
-before any of this code runs.
+Two gates guard every tool. The authorization middleware has already allowed the *tool* before any
+of this code runs; each tool then asks about the *ticket* (policy ``policies/ticket.yaml``) inside
+the same transaction as its write. A ticket the caller may not view is reported exactly like a
+ticket that does not exist, and list_tickets returns only rows the policy lets the caller view.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from fastmcp.exceptions import ToolError
-from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.dependencies import get_principal, get_store
+from server.authz.errors import not_found as component_not_found
+from server.authz.pdp import ResourceRef
+from server.authz.records import RecordAccess
+from server.dependencies import get_principal, get_record_access, get_store
 from server.principal import Principal
 from server.store import Store, Ticket
+from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "support"
 META = {"department": DEPARTMENT, "sensitivity": "internal"}
+
+# The ticket as the policy sees it: policy attribute -> stored column (NOT NULL, plaintext).
+POLICY_KIND: Final = "ticket"
+POLICY_COLUMNS: Final = {
+    "team": Ticket.team,
+    "department": Ticket.department,
+    "status": Ticket.status,
+    "priority": Ticket.priority,
+    "category": Ticket.category,
+    "assignee": Ticket.assignee,
+    "created_by": Ticket.created_by,
+}
 
 TicketId = Annotated[int, Field(description="Numeric id of the ticket, e.g. 7.", ge=1)]
 Status = Literal["open", "in_progress", "closed"]
 Priority = Literal["low", "normal", "high", "urgent"]
 Team = Literal["tier1", "tier2"]
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-WRITES = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
+Category = Literal["technical", "billing", "account"]
 
 
 class TicketOut(BaseModel):
@@ -48,6 +54,7 @@ class TicketOut(BaseModel):
     status: Status
     priority: Priority
     team: Team
+    category: Category
     assignee: str = Field(description='User id of the assignee, "" when unassigned.')
     created_by: str
     resolution: str
@@ -64,20 +71,29 @@ class TicketList(BaseModel):
     count: int
 
 
-class Deleted(BaseModel):
-    id: int
-    deleted: bool = True
+def policy_resource(ticket: Ticket) -> ResourceRef:
+    return ResourceRef(
+        kind=POLICY_KIND,
+        id=str(ticket.id or "new"),
+        attributes=policy_attributes(ticket, POLICY_COLUMNS),
+    )
 
 
 def not_found(ticket_id: int) -> ToolError:
     return ToolError(f"Ticket {ticket_id} not found.")
 
 
-async def load(session: AsyncSession, ticket_id: int) -> Ticket:
-    row = await session.get(Ticket, ticket_id)
-    if row is None:
+async def authorized(
+    session: AsyncSession, access: RecordAccess, ticket_id: int, action: str, doing: str
+) -> Ticket:
+    """Load the ticket and require ``action`` on it; forbidden and missing look the same."""
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
         raise not_found(ticket_id)
-    return row
+    await access.require(
+        policy_resource(ticket), action, not_found=not_found(ticket_id), doing=doing
+    )
+    return ticket
 
 
 def register(mcp: FastMCP) -> None:
@@ -93,9 +109,11 @@ def register(mcp: FastMCP) -> None:
             int, Field(description="Maximum number of tickets to return.", ge=1, le=100)
         ] = 25,
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> TicketList:
-        """List support tickets, newest first. Use filters to narrow the queue."""
-        query = select(Ticket).order_by(Ticket.id.desc()).limit(limit)
+        """List the support tickets you may see, newest first. Use filters to narrow the queue."""
+        query = await access.query(Ticket, POLICY_KIND, "view", POLICY_COLUMNS)
+        query = query.order_by(Ticket.id.desc()).limit(limit)
         if status is not None:
             query = query.where(Ticket.status == status)
         if team is not None:
@@ -105,10 +123,14 @@ def register(mcp: FastMCP) -> None:
         return TicketList(tickets=[TicketOut.of(r) for r in rows], count=len(rows))
 
     @mcp.tool(tags=tags, meta=META, annotations=READ_ONLY)
-    async def get_ticket(ticket_id: TicketId, store: Store = Depends(get_store)) -> TicketOut:
+    async def get_ticket(
+        ticket_id: TicketId,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> TicketOut:
         """Get one ticket with its full description, status and assignee."""
         async with store.transaction() as session:
-            return TicketOut.of(await load(session, ticket_id))
+            return TicketOut.of(await authorized(session, access, ticket_id, "view", "view it"))
 
     @mcp.tool(tags=tags | {"self_service"}, meta=META, annotations=WRITES)
     async def create_ticket(
@@ -124,13 +146,30 @@ def register(mcp: FastMCP) -> None:
         team: Annotated[
             Team, Field(description="Queue to file the ticket in: tier1 (first line) or tier2.")
         ] = "tier1",
+        category: Annotated[
+            Category, Field(description="What the problem is about.")
+        ] = "technical",
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
         caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Open a new support ticket. The creator is recorded as the caller."""
         ticket = Ticket(
-            title=title, description=description, priority=priority, team=team, created_by=caller.id
+            title=title,
+            description=description,
+            priority=priority,
+            team=team,
+            category=category,
+            department=DEPARTMENT,
+            status="open",
+            assignee="",
+            created_by=caller.id,
         )
+        decision = await access.decide([policy_resource(ticket)], ("create",))
+        if not decision[0].allowed("create"):
+            raise ToolError(
+                f"You may not file a {priority} ticket in the {team} queue. Nothing was created."
+            )
         async with store.transaction() as session:
             session.add(ticket)
             await session.flush()
@@ -151,24 +190,22 @@ def register(mcp: FastMCP) -> None:
             Field(description="New status; use close_ticket to close."),
         ] = None,
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> TicketOut:
         """Change a ticket's title, description, priority or status; omitted fields stay."""
-        changes = {
-            k: v
-            for k, v in {
-                "title": title,
-                "description": description,
-                "priority": priority,
-                "status": status,
-            }.items()
-            if v is not None
+        fields = {
+            "title": title,
+            "description": description,
+            "priority": priority,
+            "status": status,
         }
+        changes = {k: v for k, v in fields.items() if v is not None}
         if not changes:
             raise ToolError("Nothing to update: give at least one field to change.")
         async with store.transaction() as session:
-            ticket = await load(session, ticket_id)
-            if ticket.status == "closed":
-                raise ToolError(f"Ticket {ticket_id} is closed; reopen is not supported.")
+            ticket = await authorized(
+                session, access, ticket_id, "update", f"update ticket {ticket_id}"
+            )
             for key, value in changes.items():
                 setattr(ticket, key, value)
             await session.flush()
@@ -185,12 +222,13 @@ def register(mcp: FastMCP) -> None:
             ),
         ],
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> TicketOut:
         """Assign a ticket to an agent and mark it in progress."""
         async with store.transaction() as session:
-            ticket = await load(session, ticket_id)
-            if ticket.status == "closed":
-                raise ToolError(f"Ticket {ticket_id} is closed and cannot be assigned.")
+            ticket = await authorized(
+                session, access, ticket_id, "assign", f"assign ticket {ticket_id}"
+            )
             ticket.assignee = assignee
             ticket.status = "in_progress"
             await session.flush()
@@ -208,22 +246,29 @@ def register(mcp: FastMCP) -> None:
             ),
         ],
         store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
     ) -> TicketOut:
         """Close a ticket with a resolution note."""
         async with store.transaction() as session:
-            ticket = await load(session, ticket_id)
-            if ticket.status == "closed":
-                raise ToolError(f"Ticket {ticket_id} is already closed.")
+            ticket = await authorized(
+                session, access, ticket_id, "close", f"close ticket {ticket_id}"
+            )
             ticket.status = "closed"
             ticket.resolution = resolution
             await session.flush()
             return TicketOut.of(ticket)
 
     @mcp.tool(tags=tags, meta=META, annotations=DESTRUCTIVE)
-    async def delete_ticket(ticket_id: TicketId, store: Store = Depends(get_store)) -> Deleted:
+    async def delete_ticket(
+        ticket_id: TicketId,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> Deleted:
         """Permanently delete a ticket. This cannot be undone; prefer close_ticket."""
         async with store.transaction() as session:
-            ticket = await load(session, ticket_id)
+            ticket = await authorized(
+                session, access, ticket_id, "delete", f"delete ticket {ticket_id}"
+            )
             await session.delete(ticket)
         return Deleted(id=ticket_id)
 
@@ -235,9 +280,21 @@ def register(mcp: FastMCP) -> None:
         tags=tags,
         meta=META,
     )
-    async def ticket_resource(ticket_id: int, store: Store = Depends(get_store)) -> str:
+    async def ticket_resource(
+        ticket_id: int,
+        store: Store = Depends(get_store),
+        access: RecordAccess = Depends(get_record_access),
+    ) -> str:
+        # A ticket the caller may not view reads exactly like a URI that matches nothing.
+        missing = component_not_found("resource", f"ticket://{ticket_id}")
         async with store.transaction() as session:
-            return TicketOut.of(await load(session, ticket_id)).model_dump_json()
+            ticket = await session.get(Ticket, ticket_id)
+            if ticket is None:
+                raise missing
+            await access.require(
+                policy_resource(ticket), "view", not_found=missing, doing="view it"
+            )
+            return TicketOut.of(ticket).model_dump_json()
 
     @mcp.prompt(name="triage_ticket", tags=tags, meta=META)
     async def triage_ticket(

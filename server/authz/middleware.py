@@ -17,12 +17,20 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from fastmcp.exceptions import McpError, ToolError
+from fastmcp.exceptions import McpError
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
 from server.authz import components
 from server.authz.components import ComponentType
+from server.authz.errors import (
+    AUTHORIZATION_UNAVAILABLE,
+    METHOD_NOT_FOUND,
+    NOT_AUTHORIZED,
+    RATE_LIMITED,
+    UNAVAILABLE_MESSAGE,
+    not_found,
+)
 from server.authz.pdp import (
     AuthorizationUnavailable,
     CheckResult,
@@ -31,15 +39,10 @@ from server.authz.pdp import (
     ResourceRef,
 )
 from server.principal import InvalidClaims, Principal, principal_from_claims
+from server.ratelimit import RateLimiter
 from server.request_context import RequestInfo, bind_request, current_request, unbind_request
 
 log = logging.getLogger(__name__)
-
-# JSON-RPC error codes (implementation-defined server range).
-AUTHORIZATION_UNAVAILABLE: Final = -32001
-NOT_AUTHORIZED: Final = -32003
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
 
 # Requests that reveal no component and change nothing: served without a decision.
 OPEN_METHODS: Final = frozenset({"initialize", "server/discover", "ping"})
@@ -60,30 +63,21 @@ OPEN_NOTIFICATIONS: Final = frozenset(
     {"notifications/initialized", "notifications/cancelled", "notifications/progress"}
 )
 
-UNAVAILABLE_MESSAGE: Final = (
-    "Authorization unavailable: the policy decision point could not be reached, "
-    "so nothing was run. Try again shortly."
-)
-
 C = TypeVar("C")
 
 
-def not_found(component_type: ComponentType, name: str) -> Exception:
-    """Exactly what FastMCP answers for a component that does not exist."""
-    if component_type == "tool":
-        return ToolError(f"Unknown tool: '{name}'")
-    if component_type == "resource":
-        return McpError(
-            code=INVALID_PARAMS, message=f"Resource not found: '{name}'", data={"uri": name}
-        )
-    return McpError(code=INVALID_PARAMS, message=f"Unknown prompt: '{name}'")
-
-
 class AuthorizationMiddleware(Middleware):
-    def __init__(self, pdp: PolicyDecisionPoint, *, local_principal: Principal | None) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint,
+        *,
+        local_principal: Principal | None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
         self.pdp = pdp
         # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
         self.local_principal = local_principal
+        self.rate_limiter = rate_limiter
 
     # --- every request -------------------------------------------------------------------------
 
@@ -100,6 +94,14 @@ class AuthorizationMiddleware(Middleware):
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
+        if self.rate_limiter is not None:
+            wait = self.rate_limiter.retry_after(principal.id)
+            if wait > 0:
+                raise McpError(
+                    code=RATE_LIMITED,
+                    message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",
+                    data={"retry_after_seconds": round(wait, 3)},
+                )
         token = bind_request(RequestInfo(request_id=uuid.uuid4().hex, principal=principal))
         try:
             return await call_next(context)

@@ -11,6 +11,7 @@ ALLOW.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,15 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 ]
+
+
+_KNOWN_FILTER_KINDS = frozenset(
+    {
+        engine_pb2.PlanResourcesFilter.KIND_ALWAYS_ALLOWED,
+        engine_pb2.PlanResourcesFilter.KIND_ALWAYS_DENIED,
+        engine_pb2.PlanResourcesFilter.KIND_CONDITIONAL,
+    }
+)
 
 
 class AuthorizationUnavailable(Exception):
@@ -133,10 +143,13 @@ class PolicyDecisionPoint:
         if not entries:
             return CheckResult(request_id=request_id, call_ids=(), decisions=())
         size = self.max_resources_per_request
-        chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
-        replies = await asyncio.gather(
-            *(self._check_chunk(principal, chunk, request_id) for chunk in chunks)
-        )
+        if len(entries) <= size:  # the common case: no task scheduling for a single RPC
+            replies = [await self._check_chunk(principal, entries, request_id)]
+        else:
+            chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+            replies = await asyncio.gather(
+                *(self._check_chunk(principal, chunk, request_id) for chunk in chunks)
+            )
         return CheckResult(
             request_id=request_id,
             call_ids=tuple(call_id for call_id, _ in replies),
@@ -165,6 +178,29 @@ class PolicyDecisionPoint:
             raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
         return reply.cerbos_call_id, _read_results(reply, entries)
 
+    async def plan(
+        self, principal: Principal, kind: str, action: str, *, request_id: str
+    ) -> response_pb2.PlanResourcesResponse:
+        """Ask which resources of ``kind`` the principal may ``action``: a query plan.
+
+        Raises ``AuthorizationUnavailable`` unless the reply is a plan for exactly that kind
+        and action with a known filter kind.
+        """
+        request = request_pb2.PlanResourcesRequest(
+            request_id=request_id,
+            action=action,
+            principal=_principal_message(principal),
+            resource=engine_pb2.PlanResourcesInput.Resource(kind=kind),
+        )
+        reply = await self._call("PlanResources", request, request_id)
+        if not isinstance(reply, response_pb2.PlanResourcesResponse):
+            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+        if reply.resource_kind != kind or reply.action != action:
+            raise AuthorizationUnavailable("invalid_reply", "plan does not match the request")
+        if reply.filter.kind not in _KNOWN_FILTER_KINDS:
+            raise AuthorizationUnavailable("invalid_reply", "plan has no usable filter")
+        return reply
+
     async def _call(self, method: str, request: Any, request_id: str) -> Any:
         if self._stub is None:
             raise AuthorizationUnavailable("pdp_unavailable", "PDP client not started")
@@ -188,7 +224,9 @@ class PolicyDecisionPoint:
             raise AuthorizationUnavailable("pdp_unavailable", code.name) from None
 
 
+@functools.lru_cache(maxsize=4096)
 def _principal_message(principal: Principal) -> engine_pb2.Principal:
+    # Principals are immutable and few: build each one's message once.
     return engine_pb2.Principal(
         id=principal.id,
         roles=list(principal.roles),
@@ -201,9 +239,26 @@ def _resource_message(ref: ResourceRef) -> engine_pb2.Resource:
 
 
 def _attribute_values(attributes: Mapping[str, Any]) -> dict[str, struct_pb2.Value]:
-    return {
-        key: json_format.ParseDict(value, struct_pb2.Value()) for key, value in attributes.items()
-    }
+    return {key: _value(value) for key, value in attributes.items()}
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    """A JSON-like Python value as a protobuf Value (json_format.ParseDict is ~10x slower)."""
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, int | float):
+        return struct_pb2.Value(number_value=value)
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    if value is None:
+        return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    if isinstance(value, list | tuple):
+        return struct_pb2.Value(list_value=struct_pb2.ListValue(values=[_value(v) for v in value]))
+    if isinstance(value, Mapping):
+        return struct_pb2.Value(
+            struct_value=struct_pb2.Struct(fields={str(k): _value(v) for k, v in value.items()})
+        )
+    raise TypeError(f"attribute value of type {type(value).__name__} cannot be sent to the PDP")
 
 
 def _read_results(
