@@ -535,6 +535,8 @@ class ToolIdentity:
         self.name = name
         self._identities = identities
         self._cache: dict[str, _Cached] = {}
+        # One Vault read per expired entry, however many calls want it at that moment.
+        self._refill = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"ToolIdentity({self.name!r})"
@@ -544,6 +546,13 @@ class ToolIdentity:
         cached = self._cache.get(path)
         if cached is not None and time.monotonic() < cached.until:
             return cached.secret
+        async with self._refill:
+            cached = self._cache.get(path)
+            if cached is not None and time.monotonic() < cached.until:
+                return cached.secret
+            return await self._read_secret(path)
+
+    async def _read_secret(self, path: str) -> KvSecret:
         started = time.monotonic()
         mount = self._identities.settings.vault_kv_mount
         response, lease = await self._identities.use(

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server import production_guard
 from server.authz.pdp import PolicyDecisionPoint
 from server.identities import Identities
+from server.pii import PII_IDENTITY, PII_KEY
 from server.settings import Settings
 from server.settings_vault import with_vault_secrets
 from server.store import Store
@@ -40,7 +42,8 @@ class Runtime:
             # The settings source is synchronous (pydantic-settings) and does HTTP: off the loop.
             self.settings = await asyncio.to_thread(with_vault_secrets, self.settings, reader)
             production_guard.enforce(self.settings, facts)
-            await self.store.start(seed=self.settings.seed_demo_data)
+            # Demo accounts' contact details are encrypted through the accounts identity.
+            await self.store.start(seed=self.settings.seed_demo_data, encrypt_pii=self._encrypt_pii)
         except (VaultStartupError, production_guard.ProductionGuardError) as refused:
             log.error("startup refused: %s", refused)
             await self.close()
@@ -55,6 +58,9 @@ class Runtime:
         except BaseException:
             await self.close()
             raise
+
+    async def _encrypt_pii(self, plaintexts: Sequence[str]) -> list[str]:
+        return await self.identities.tool(PII_IDENTITY).encrypt(PII_KEY, plaintexts)
 
     async def close(self) -> None:
         await self.store.close()

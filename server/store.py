@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 
+from server.pii import CIPHERTEXT_PREFIX, Encrypt, mask_email, mask_phone
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -78,6 +80,9 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint(f"plan IN {PLANS}", name="account_plan"),
         CheckConstraint(f"status IN {ACCOUNT_STATUSES}", name="account_status"),
+        # Contact details are never stored in clear: only transit ciphertext gets in.
+        CheckConstraint(f"email LIKE '{CIPHERTEXT_PREFIX}%'", name="account_email_encrypted"),
+        CheckConstraint(f"phone LIKE '{CIPHERTEXT_PREFIX}%'", name="account_phone_encrypted"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -87,8 +92,12 @@ class Account(Base):
     region: Mapped[str] = mapped_column(String(16))
     segment: Mapped[str] = mapped_column(String(32))
     department: Mapped[str] = mapped_column(String(64), default="finance")
+    # Vault transit ciphertext (key "accounts"), and the masked forms anyone allowed to see the
+    # account may see (server/pii.py).
     email: Mapped[str] = mapped_column(Text)
     phone: Mapped[str] = mapped_column(Text)
+    email_masked: Mapped[str] = mapped_column(String(256))
+    phone_masked: Mapped[str] = mapped_column(String(32))
     balance_cents: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -106,6 +115,25 @@ class Refund(Base):
     amount_cents: Mapped[int]
     reason: Mapped[str] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Outbox(Base):
+    """Notifications waiting to be delivered, each signed (HMAC-SHA256) with a key from Vault.
+
+    Written in the same transaction as the change it announces, so a notification exists exactly
+    when the change does. ``key_version`` names the version of the signing key in Vault, so a
+    receiver can verify across key rotations.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[int]
+    payload: Mapped[str] = mapped_column(Text)
+    key_version: Mapped[int]
+    signature: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -134,11 +162,15 @@ class Store:
             raise RuntimeError("store not started")
         return self._engine
 
-    async def start(self, *, seed: bool) -> None:
+    async def start(self, *, seed: bool, encrypt_pii: Encrypt | None = None) -> None:
+        """Create the schema; with ``seed``, add demo rows to empty tables, encrypting their
+        personal data with ``encrypt_pii`` (the accounts identity's transit encryption)."""
         url = make_url(self.url)
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, connect_args={"timeout": 5})
+            # SQLite has one writer at a time; a write (a change plus its signed outbox row) waits
+            # up to 15 s for the lock under bursts of concurrent writers instead of failing.
+            engine = create_async_engine(url, connect_args={"timeout": 15})
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(url, pool_pre_ping=True)
@@ -147,7 +179,9 @@ class Store:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         if seed:
-            await self._seed_if_empty()
+            if encrypt_pii is None:
+                raise ValueError("seeding demo accounts needs encrypt_pii")
+            await self._seed_if_empty(encrypt_pii)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -169,12 +203,12 @@ class Store:
                 "Read it again and retry."
             ) from None
 
-    async def _seed_if_empty(self) -> None:
+    async def _seed_if_empty(self, encrypt_pii: Encrypt) -> None:
         async with self.transaction() as session:
             if (await session.scalar(select(func.count()).select_from(Ticket))) == 0:
                 session.add_all(_demo_tickets())
             if (await session.scalar(select(func.count()).select_from(Account))) == 0:
-                session.add_all(_demo_accounts())
+                session.add_all(await _demo_accounts(encrypt_pii))
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -214,7 +248,7 @@ def _demo_tickets() -> list[Ticket]:
     ]
 
 
-def _demo_accounts() -> list[Account]:
+async def _demo_accounts(encrypt_pii: Encrypt) -> list[Account]:
     rows = [
         (
             "Acme Corp",
@@ -238,15 +272,18 @@ def _demo_accounts() -> list[Account]:
         ),
         ("Hooli Labs", "free", "eu", "smb", "hello@hooli.example", "+49 30 5550 7788", 0),
     ]
+    contacts = await encrypt_pii([text for row in rows for text in (row[4], row[5])])
     return [
         Account(
             name=name,
             plan=plan,
             region=region,
             segment=segment,
-            email=email,
-            phone=phone,
+            email=contacts[2 * i],
+            phone=contacts[2 * i + 1],
+            email_masked=mask_email(email),
+            phone_masked=mask_phone(phone),
             balance_cents=balance,
         )
-        for name, plan, region, segment, email, phone, balance in rows
+        for i, (name, plan, region, segment, email, phone, balance) in enumerate(rows)
     ]

@@ -31,6 +31,7 @@ from tests.support import (
     SPANS,
     RunningServer,
     UvicornThread,
+    encrypt_fixture_contacts,
     seed_canaries,
     start_server,
 )
@@ -65,7 +66,7 @@ def _record_everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
+    root.setLevel(logging.INFO)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(SPANS))
     trace.set_tracer_provider(provider)
@@ -101,6 +102,7 @@ def openbao(bao_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     admin = admin_client(running)
     bootstrap(admin, out_dir=tmp_path_factory.mktemp("bootstrap-credential"))
     seed_canaries(admin)
+    encrypt_fixture_contacts(admin)
     CANARIES.extend([running.root_token, running.unseal_key])
     yield running
     running.process.stop()

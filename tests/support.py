@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from server.app import create_http_app, create_server
 from server.devstack import UvicornThread, wait_until
+from server.pii import PII_KEY, mask_email, mask_phone
 from server.runtime import Runtime, build_runtime
 from server.settings import Settings
 
@@ -201,16 +202,36 @@ def insert_ticket(
         return int(cur.lastrowid or 0)
 
 
+FIXTURE_EMAIL = "x@fixture.example"
+FIXTURE_PHONE = "+1 555 0000"
+# The fixture contacts encrypted with the session Vault's "accounts" key (set by conftest).
+FIXTURE_CIPHERTEXT: dict[str, str] = {}
+
+
+def encrypt_fixture_contacts(admin: hvac.Client) -> None:
+    for text in (FIXTURE_EMAIL, FIXTURE_PHONE):
+        FIXTURE_CIPHERTEXT[text] = admin.secrets.transit.encrypt_data(
+            name=PII_KEY, plaintext=b64(text)
+        )["data"]["ciphertext"]
+
+
 def insert_account(
     db_path: Path, *, balance_cents: int = 100_000, segment: str = "smb", status: str = "active"
 ) -> int:
+    """An account with contacts x@fixture.example / +1 555 0000, stored as the tools store them."""
+    contacts = (
+        FIXTURE_CIPHERTEXT[FIXTURE_EMAIL],
+        FIXTURE_CIPHERTEXT[FIXTURE_PHONE],
+        mask_email(FIXTURE_EMAIL),
+        mask_phone(FIXTURE_PHONE),
+    )
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
             "INSERT INTO account (name, plan, status, region, segment, department, email, phone,"
-            " balance_cents, created_at, updated_at, version)"
-            " VALUES ('Fixture Ltd', 'pro', ?, 'eu', ?, 'finance', 'x@fixture.example',"
-            " '+1 555 0000', ?, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
-            (status, segment, balance_cents),
+            " email_masked, phone_masked, balance_cents, created_at, updated_at, version)"
+            " VALUES ('Fixture Ltd', 'pro', ?, 'eu', ?, 'finance', ?, ?, ?, ?, ?,"
+            " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
+            (status, segment, *contacts, balance_cents),
         )
         return int(cur.lastrowid or 0)
 

@@ -4,12 +4,18 @@ Beyond the tool gate, every account is checked against ``policies/account.yaml``
 (list_accounts returns only those rows), who sees its contact details unmasked (``view_pii``),
 and who may change it or move money. A refund above the caller's limit is allowed only after a
 human confirms it, when the policy says so.
+
+Contact details are stored encrypted with Vault's ``accounts`` transit key (server/pii.py). They
+are decrypted, through these tools' own Vault identity, only for rows whose ``view_pii`` the
+policy allowed, in one batch per call; everyone else gets the stored masked form, and the
+plaintext is never decrypted for them. If Vault cannot decrypt, the call fails closed and
+changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
@@ -25,7 +31,9 @@ from server import confirmation
 from server.authz.errors import not_found as component_not_found
 from server.authz.pdp import ResourceDecision, ResourceRef
 from server.authz.records import RecordAccess, obligations
-from server.dependencies import get_principal, get_record_access, get_store
+from server.dependencies import get_principal, get_record_access, get_store, tool_identity
+from server.identities import ToolIdentity
+from server.pii import PII_IDENTITY, PII_KEY
 from server.principal import Principal
 from server.store import Account, Refund, Store
 from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
@@ -64,7 +72,9 @@ class AccountOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: Account, *, show_pii: bool) -> AccountOut:
+    def of(cls, row: Account, *, contacts: tuple[str, str] | None) -> AccountOut:
+        """``contacts``: the decrypted (email, phone), or None to show the masked forms."""
+        email, phone = contacts or (row.email_masked, row.phone_masked)
         return cls(
             id=row.id,
             name=row.name,
@@ -72,9 +82,9 @@ class AccountOut(BaseModel):
             status=row.status,
             region=row.region,
             segment=row.segment,
-            email=row.email if show_pii else mask_email(row.email),
-            phone=row.phone if show_pii else mask_phone(row.phone),
-            pii_masked=not show_pii,
+            email=email,
+            phone=phone,
+            pii_masked=contacts is None,
             balance=Decimal(row.balance_cents) / 100,
             created_at=row.created_at,
             updated_at=row.updated_at,
@@ -96,14 +106,21 @@ class RefundOut(BaseModel):
     confirmed_by_human: bool
 
 
-def mask_email(email: str) -> str:
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}" if domain else "***"
+async def reveal(identity: ToolIdentity, rows: Sequence[Account]) -> dict[int, tuple[str, str]]:
+    """Decrypt the contact details of ``rows`` (only those the caller may see unmasked), in one
+    Vault request; none for no rows. Raises SecretsUnavailable (a safe ToolError) on failure."""
+    if not rows:
+        return {}
+    plain = await identity.decrypt(PII_KEY, [text for r in rows for text in (r.email, r.phone)])
+    return {r.id: (plain[2 * i], plain[2 * i + 1]) for i, r in enumerate(rows)}
 
 
-def mask_phone(phone: str) -> str:
-    digits = re.sub(r"\D", "", phone)
-    return f"***{digits[-4:]}" if len(digits) > 4 else "***"
+async def contacts_for(
+    identity: ToolIdentity, account: Account, decision: ResourceDecision
+) -> tuple[str, str] | None:
+    """The account's decrypted contacts if the decision allows ``view_pii``, else None."""
+    contacts = await reveal(identity, [account] if decision.allowed(VIEW_PII) else [])
+    return contacts.get(account.id)
 
 
 def policy_resource(account: Account, *, refund_amount: Decimal = Decimal(0)) -> ResourceRef:
@@ -144,7 +161,11 @@ async def authorized(
 
 
 async def viewable(
-    session: AsyncSession, access: RecordAccess, account_id: int, missing: Exception
+    session: AsyncSession,
+    access: RecordAccess,
+    identity: ToolIdentity,
+    account_id: int,
+    missing: Exception,
 ) -> AccountOut:
     """The account as the caller may see it: one decision for view and view_pii together."""
     account = await session.get(Account, account_id)
@@ -153,7 +174,7 @@ async def viewable(
     (decision,) = await access.decide([policy_resource(account)], ("view", VIEW_PII))
     if not decision.allowed("view"):
         raise missing
-    return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
+    return AccountOut.of(account, contacts=await contacts_for(identity, account, decision))
 
 
 def register(mcp: FastMCP) -> None:
@@ -167,6 +188,7 @@ def register(mcp: FastMCP) -> None:
         ] = 25,
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountList:
         """List the customer accounts you may see, with plan, status and contact details."""
         query = await access.query(Account, POLICY_KIND, "view", POLICY_COLUMNS)
@@ -177,9 +199,9 @@ def register(mcp: FastMCP) -> None:
             rows = (await session.scalars(query)).all()
         # Whether each row's contact details may be shown: one batched decision for the page.
         pii = await access.decide([policy_resource(r) for r in rows], (VIEW_PII,)) if rows else []
-        accounts = [
-            AccountOut.of(r, show_pii=d.allowed(VIEW_PII)) for r, d in zip(rows, pii, strict=True)
-        ]
+        visible = [r for r, d in zip(rows, pii, strict=True) if d.allowed(VIEW_PII)]
+        contacts = await reveal(identity, visible)
+        accounts = [AccountOut.of(r, contacts=contacts.get(r.id)) for r in rows]
         return AccountList(accounts=accounts, count=len(accounts))
 
     @mcp.tool(tags=tags, meta=CONFIDENTIAL, annotations=READ_ONLY)
@@ -187,10 +209,11 @@ def register(mcp: FastMCP) -> None:
         account_id: AccountId,
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountOut:
         """Get one customer account: plan, status, region, contacts and refundable balance."""
         async with store.transaction() as session:
-            return await viewable(session, access, account_id, not_found(account_id))
+            return await viewable(session, access, identity, account_id, not_found(account_id))
 
     @mcp.tool(tags=tags | {"billing"}, meta=CONFIDENTIAL, annotations=WRITES)
     async def update_plan(
@@ -198,6 +221,7 @@ def register(mcp: FastMCP) -> None:
         plan: Annotated[Plan, Field(description="The plan the account should be on from now on.")],
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountOut:
         """Move an active account to another plan (upgrade or downgrade)."""
         async with store.transaction() as session:
@@ -210,7 +234,9 @@ def register(mcp: FastMCP) -> None:
             )
             account.plan = plan
             await session.flush()
-            return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
+            # Inside the transaction: if Vault cannot decrypt, the change is rolled back.
+            contacts = await contacts_for(identity, account, decision)
+            return AccountOut.of(account, contacts=contacts)
 
     @mcp.tool(tags=tags | {"billing", "money_movement"}, meta=RESTRICTED, annotations=WRITES)
     async def issue_refund(
@@ -285,6 +311,7 @@ def register(mcp: FastMCP) -> None:
         ],
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountOut:
         """Suspend an active account: the customer loses access until it is reactivated."""
         async with store.transaction() as session:
@@ -293,7 +320,8 @@ def register(mcp: FastMCP) -> None:
             )
             account.status = "suspended"
             await session.flush()
-            return AccountOut.of(account, show_pii=decision.allowed(VIEW_PII))
+            contacts = await contacts_for(identity, account, decision)  # failure: rolled back
+            return AccountOut.of(account, contacts=contacts)
 
     @mcp.tool(tags=tags, meta=RESTRICTED, annotations=DESTRUCTIVE)
     async def delete_account(
@@ -321,11 +349,13 @@ def register(mcp: FastMCP) -> None:
         account_id: int,
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> str:
         # An account the caller may not view reads exactly like a URI that matches nothing.
         missing = component_not_found("resource", f"account://{account_id}")
         async with store.transaction() as session:
-            return (await viewable(session, access, account_id, missing)).model_dump_json()
+            account = await viewable(session, access, identity, account_id, missing)
+            return account.model_dump_json()
 
     @mcp.prompt(name="refund_review", tags=tags, meta=RESTRICTED)
     async def refund_review(

@@ -4,11 +4,19 @@ Two gates guard every tool. The authorization middleware has already allowed the
 of this code runs; each tool then asks about the *ticket* (policy ``policies/ticket.yaml``) inside
 the same transaction as its write. A ticket the caller may not view is reported exactly like a
 ticket that does not exist, and list_tickets returns only rows the policy lets the caller view.
+
+Every change is announced by a notification in the outbox, written in the same transaction and
+signed (HMAC-SHA256) with a key these tools read from their own Vault path through their own
+Vault identity (cached within the identity's lease). The key is fetched before anything is
+written: if Vault cannot provide it, the call fails closed and changes nothing.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
 from fastmcp import FastMCP
@@ -20,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.authz.errors import not_found as component_not_found
 from server.authz.pdp import ResourceRef
 from server.authz.records import RecordAccess
-from server.dependencies import get_principal, get_record_access, get_store
+from server.dependencies import get_principal, get_record_access, get_store, tool_identity
+from server.identities import KvSecret, ToolIdentity
 from server.principal import Principal
-from server.store import Store, Ticket
+from server.store import Outbox, Store, Ticket
 from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "support"
@@ -96,6 +105,50 @@ async def authorized(
     return ticket
 
 
+# This tool set's Vault identity, and the path (under its own prefix) of its signing key.
+IDENTITY: Final = "tickets"
+SIGNING_KEY_PATH: Final = "tools/tickets/notifications"
+
+
+async def signing_key(identity: ToolIdentity) -> KvSecret:
+    return await identity.read_secret(SIGNING_KEY_PATH)
+
+
+def sign(key: KvSecret, payload: str) -> str:
+    secret = key.data["signing_key"].encode()
+    return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def queue_notification(
+    session: AsyncSession, key: KvSecret, ticket: Ticket, event: str, actor: str
+) -> None:
+    """Add the signed notification of ``event`` to the outbox, in the caller's transaction.
+
+    The payload names what changed and who did it; no customer text (title, description).
+    """
+    topic = f"ticket.{event}"
+    body = {
+        "topic": topic,
+        "ticket_id": ticket.id,
+        "team": ticket.team,
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "assignee": ticket.assignee,
+        "actor": actor,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    session.add(
+        Outbox(
+            topic=topic,
+            subject_id=ticket.id,
+            payload=payload,
+            key_version=key.version,
+            signature=sign(key, payload),
+        )
+    )
+
+
 def register(mcp: FastMCP) -> None:
     tags = {"tickets"}
 
@@ -152,6 +205,7 @@ def register(mcp: FastMCP) -> None:
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
         caller: Principal = Depends(get_principal),
+        identity: ToolIdentity = Depends(tool_identity(IDENTITY)),
     ) -> TicketOut:
         """Open a new support ticket. The creator is recorded as the caller."""
         ticket = Ticket(
@@ -170,9 +224,11 @@ def register(mcp: FastMCP) -> None:
             raise ToolError(
                 f"You may not file a {priority} ticket in the {team} queue. Nothing was created."
             )
+        key = await signing_key(identity)  # Vault before the write: a failure changes nothing
         async with store.transaction() as session:
             session.add(ticket)
             await session.flush()
+            queue_notification(session, key, ticket, "created", caller.id)
             return TicketOut.of(ticket)
 
     @mcp.tool(tags=tags, meta=META, annotations=WRITES)
@@ -191,6 +247,8 @@ def register(mcp: FastMCP) -> None:
         ] = None,
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(IDENTITY)),
+        caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Change a ticket's title, description, priority or status; omitted fields stay."""
         fields = {
@@ -202,12 +260,14 @@ def register(mcp: FastMCP) -> None:
         changes = {k: v for k, v in fields.items() if v is not None}
         if not changes:
             raise ToolError("Nothing to update: give at least one field to change.")
+        key = await signing_key(identity)  # before the transaction: Vault never holds a lock
         async with store.transaction() as session:
             ticket = await authorized(
                 session, access, ticket_id, "update", f"update ticket {ticket_id}"
             )
-            for key, value in changes.items():
-                setattr(ticket, key, value)
+            for field, value in changes.items():
+                setattr(ticket, field, value)
+            queue_notification(session, key, ticket, "updated", caller.id)
             await session.flush()
             return TicketOut.of(ticket)
 
@@ -223,14 +283,18 @@ def register(mcp: FastMCP) -> None:
         ],
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(IDENTITY)),
+        caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Assign a ticket to an agent and mark it in progress."""
+        key = await signing_key(identity)
         async with store.transaction() as session:
             ticket = await authorized(
                 session, access, ticket_id, "assign", f"assign ticket {ticket_id}"
             )
             ticket.assignee = assignee
             ticket.status = "in_progress"
+            queue_notification(session, key, ticket, "assigned", caller.id)
             await session.flush()
             return TicketOut.of(ticket)
 
@@ -247,14 +311,18 @@ def register(mcp: FastMCP) -> None:
         ],
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(IDENTITY)),
+        caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Close a ticket with a resolution note."""
+        key = await signing_key(identity)
         async with store.transaction() as session:
             ticket = await authorized(
                 session, access, ticket_id, "close", f"close ticket {ticket_id}"
             )
             ticket.status = "closed"
             ticket.resolution = resolution
+            queue_notification(session, key, ticket, "closed", caller.id)
             await session.flush()
             return TicketOut.of(ticket)
 
@@ -263,12 +331,16 @@ def register(mcp: FastMCP) -> None:
         ticket_id: TicketId,
         store: Store = Depends(get_store),
         access: RecordAccess = Depends(get_record_access),
+        identity: ToolIdentity = Depends(tool_identity(IDENTITY)),
+        caller: Principal = Depends(get_principal),
     ) -> Deleted:
         """Permanently delete a ticket. This cannot be undone; prefer close_ticket."""
+        key = await signing_key(identity)
         async with store.transaction() as session:
             ticket = await authorized(
                 session, access, ticket_id, "delete", f"delete ticket {ticket_id}"
             )
+            queue_notification(session, key, ticket, "deleted", caller.id)
             await session.delete(ticket)
         return Deleted(id=ticket_id)
 
