@@ -234,6 +234,7 @@ def _run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) ->
     )
     processes = [pdp.process]
     try:
+        _fresh_dev_database(settings)
         vault_port = urlsplit(settings.vault_address).port or 8200
         vault = devstack.start_openbao(bao, workdir=workdir / "vault", port=vault_port)
         processes.append(vault.process)
@@ -268,6 +269,21 @@ def _run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) ->
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def _fresh_dev_database(settings: Settings) -> None:
+    """The dev OpenBao keeps no keys across restarts: a database from a previous run holds
+    contact details encrypted with a key that is gone, so development starts from a fresh one."""
+    from server import devstack
+
+    prefix = "sqlite+aiosqlite:///"
+    if not settings.database_url.startswith(prefix):
+        return
+    database = (devstack.ROOT / settings.database_url.removeprefix(prefix)).resolve()
+    if (devstack.ROOT / ".dev") not in database.parents:
+        return  # only ever the development state under .dev/
+    for path in database.parent.glob(database.name + "*"):
+        path.unlink()
 
 
 DEV_BANNER = """
