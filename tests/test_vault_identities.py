@@ -174,3 +174,20 @@ async def test_a_tool_reaching_for_another_tools_key_over_mcp_gets_a_safe_denial
         assert db_snapshot(server.db_path) == before
     finally:
         server.stop()
+
+
+def test_vault_clients_never_pick_up_a_token_from_the_environment_or_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from server.vault import ClientLabel, VaultEndpoint, VaultRequestLog, make_client
+
+    (tmp_path / ".vault-token").write_text("token-from-home")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("VAULT_TOKEN", "token-from-env")
+    client = make_client(
+        VaultEndpoint("http://127.0.0.1:1", 1, True),
+        None,
+        label=ClientLabel("probe"),
+        requests_log=VaultRequestLog(),
+    )
+    assert client.token == "" and client.adapter.token == ""
