@@ -25,6 +25,7 @@ from server.http_edge import RequestLimits
 from server.runtime import Runtime
 from server.settings import Settings
 from server.store import Store
+from server.telemetry import HttpTraceContext, Telemetry, grpc_client_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,15 @@ def create_server(settings: Settings) -> FastMCP[Any]:
         timeout_seconds=settings.pdp_timeout_seconds,
         max_resources_per_request=settings.pdp_max_resources_per_request,
         tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
+        # The trace context travels to the PDP as gRPC metadata; the PDP continues the trace.
+        interceptors=grpc_client_interceptors(),
     )
-    runtime = Runtime(settings=settings, store=Store(settings.database_url), pdp=pdp)
+    runtime = Runtime(
+        settings=settings,
+        store=Store(settings.database_url),
+        pdp=pdp,
+        telemetry=Telemetry(settings),
+    )
 
     @asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
@@ -93,8 +101,9 @@ async def _require_policy_metadata(server: FastMCP[Any]) -> None:
 
 
 def create_http_app(mcp: FastMCP[Any], settings: Settings) -> Any:
-    """The ASGI app: Host/Origin guard, bearer authentication, request limits, then MCP."""
-    return mcp.http_app(
+    """The ASGI app: trace context from HTTP headers, Host/Origin guard, bearer authentication,
+    request limits, then MCP."""
+    app = mcp.http_app(
         path=settings.path,
         transport="http",
         middleware=[
@@ -110,3 +119,4 @@ def create_http_app(mcp: FastMCP[Any], settings: Settings) -> Any:
         allowed_hosts=settings.allowed_hosts,
         allowed_origins=settings.allowed_origins,
     )
+    return HttpTraceContext(app)
