@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from server import telemetry
 from server.dev_issuer import DevIssuer, demo_principals
 from server.devstack import PDP, free_port, start_pdp
 from server.settings import Settings
@@ -96,3 +99,14 @@ def server(
     running = start_server(make_settings(pdp), token)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Every span ended in this process during the test (servers export nothing by default)."""
+    telemetry.install(Settings(transport="stdio"))
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    telemetry.attach(processor)
+    yield exporter
+    telemetry.detach(processor)
