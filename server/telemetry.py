@@ -226,14 +226,14 @@ def resource(settings: Settings) -> Resource:
     return Resource.create(
         {
             "service.name": settings.otel_service_name or settings.server_name,
-            "service.version": settings.service_version or _package_version(),
+            "service.version": settings.service_version or package_version(),
             "service.instance.id": uuid.uuid4().hex,
             "deployment.environment.name": settings.environment,
         }
     )
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return importlib.metadata.version("mcp-server-template")
     except importlib.metadata.PackageNotFoundError:
