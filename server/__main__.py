@@ -132,7 +132,11 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
     workdir = devstack.ROOT / ".dev"
     grpc_port = int(settings.pdp_address.rsplit(":", 1)[1])
     pdp = devstack.start_pdp(
-        cerbos, workdir=workdir / "cerbos", grpc_port=grpc_port, http_port=pdp_http_port
+        cerbos,
+        workdir=workdir / "cerbos",
+        grpc_port=grpc_port,
+        http_port=pdp_http_port,
+        env=devstack.pdp_tracing_env(settings),
     )
     processes = [pdp.process]
     try:
@@ -153,6 +157,7 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
                 pdp=pdp.grpc_address,
                 audit=pdp.audit_log,
                 issuer=settings.auth_issuer,
+                tracing=_tracing_line(settings),
             ),
             flush=True,
         )
@@ -162,10 +167,19 @@ def _run_dev(settings: Settings, cerbos: Path, pdp_http_port: int) -> int:
             process.stop()
 
 
+def _tracing_line(settings: Settings) -> str:
+    if settings.otel_exporter == "otlp":
+        return f"server and PDP spans to {settings.otel_traces_endpoint}"
+    if settings.otel_exporter == "console":
+        return "server spans printed to stderr (PDP spans need MCP_OTEL_EXPORTER=otlp)"
+    return "off (MCP_OTEL_EXPORTER=console or otlp turns it on; see README, Tracing)"
+
+
 DEV_BANNER = """
   MCP server (development)   {url}
   Cerbos PDP                 {pdp}   decision log: {audit}
   Dev token issuer           {issuer}
+  Tracing                    {tracing}
 
   Get a token:     make token user=alice      (alice bob carol dave erin mallory)
   Connect:         Authorization: Bearer <token>   (see README, "Connect a client")

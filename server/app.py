@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.telemetry import suppress_fastmcp_telemetry
 from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,7 +57,9 @@ def create_server(settings: Settings) -> FastMCP[Any]:
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
         await runtime.start()
         try:
-            await _require_policy_metadata(server)
+            # A startup check, not a request: no server spans for its internal listings.
+            with suppress_fastmcp_telemetry():
+                await _require_policy_metadata(server)
             server_state["ready"] = True
             yield {"runtime": runtime}
         finally:

@@ -11,7 +11,7 @@ import pytest
 from fastmcp.exceptions import ToolError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server.devstack import PDP, free_port, start_pdp, wait_until
+from server.devstack import PDP, free_port, pdp_tracing_env, start_pdp, wait_until
 from server.settings import Settings
 from tests.support import (
     SERVER,
@@ -39,36 +39,35 @@ def tree_lines(spans: list[ReceivedSpan], parent: int, depth: int = 0) -> list[s
 
 
 async def test_one_trace_runs_from_the_caller_through_the_server_into_the_pdp(
+    pdp: PDP,
     cerbos_bin: Path,
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     token: Callable[..., str],
 ) -> None:
+    exporting = {
+        "otel_exporter": "otlp",
+        "otel_protocol": "http/protobuf",
+        "otel_endpoint": "",  # set below, once the collector has a port
+    }
     with OtlpReceiver() as collector:
-        pdp = start_pdp(
+        exporting["otel_endpoint"] = collector.base_url
+        # The PDP gets the same environment `make dev` gives it.
+        env = pdp_tracing_env(make_settings(pdp, **exporting))
+        assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == collector.traces_url
+        own_pdp = start_pdp(
             cerbos_bin,
             workdir=tmp_path / "pdp",
-            env={
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.traces_url,
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-                "OTEL_SERVICE_NAME": "cerbos",
-                "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s, not the default 5 s
-            },
+            env={**env, "OTEL_BSP_SCHEDULE_DELAY": "100"},  # export within 0.1 s, not 5 s
         )
-        settings = make_settings(
-            pdp,
-            otel_exporter="otlp",
-            otel_protocol="http/protobuf",
-            otel_endpoint=collector.base_url,
-        )
-        server = start_server(settings, token)
+        server = start_server(make_settings(own_pdp, **exporting), token)
         try:
             with caller_span() as trace_id:
                 async with server.client("alice") as client:
                     await client.call_tool("get_ticket", {"ticket_id": 1})
         finally:
             server.stop()  # the lifespan's close flushes the server's spans
-            pdp.process.stop()  # and the PDP flushes its own on the way out
+            own_pdp.process.stop()  # and the PDP flushes its own on the way out
 
         def complete() -> bool:
             names = {(s.service, s.name) for s in collector.of_trace(trace_id)}
