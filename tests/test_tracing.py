@@ -189,6 +189,24 @@ class HangingPDP(svc_pb2_grpc.CerbosServiceServicer):
         await asyncio.Event().wait()
 
 
+async def test_store_queries_are_spans_with_the_statement_but_no_values(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.call_tool("list_tickets", {"limit": 3})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call list_tickets"))
+
+    server_span = one(tree, "tools/call list_tickets", SERVER)
+    query = one(children(tree, server_span), "SELECT ticket", trace.SpanKind.CLIENT)
+    text = query.attributes["db.query.text"]
+    # The WHERE clause the query plan became, with alice's values (team tier1, her id) bound
+    # as parameters rather than written into the statement.
+    assert "WHERE" in text and "?" in text
+    assert "tier1" not in text and "alice" not in text
+    assert query.attributes["db.collection.name"] == "ticket"
+
+
 @pytest.fixture
 def pdp_outage(
     request: pytest.FixtureRequest,
