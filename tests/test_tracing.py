@@ -333,3 +333,19 @@ async def test_a_broken_span_processor_changes_no_decision(
         telemetry.detach(broken)
     # The other processors still got every span.
     assert any(s.name == "authz.check" for s in spans.get_finished_spans())
+
+
+def test_otlp_export_needs_a_collector_url() -> None:
+    with pytest.raises(ValueError, match="MCP_OTEL_ENDPOINT"):
+        Settings(transport="stdio", otel_exporter="otlp")
+    with pytest.raises(ValueError, match="MCP_OTEL_ENDPOINT"):
+        Settings(transport="stdio", otel_exporter="otlp", otel_endpoint="collector:4317")
+    http = Settings(
+        transport="stdio",
+        otel_exporter="otlp",
+        otel_protocol="http/protobuf",
+        otel_endpoint="http://collector:4318/",
+    )
+    assert http.otel_traces_endpoint == "http://collector:4318/v1/traces"
+    grpc = Settings(transport="stdio", otel_exporter="otlp", otel_endpoint="http://collector:4317")
+    assert grpc.otel_traces_endpoint == "http://collector:4317"
