@@ -18,7 +18,7 @@ CERBOS := $(TOOLS)/cerbos-$(CERBOS_VERSION)/cerbos
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools dev token test lint policy-test unit clean
+.PHONY: help install tools dev token test lint policy-test unit bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ unit: install tools ## Unit and integration tests (real PDP on free ports)
 	CERBOS_BIN=$(abspath $(CERBOS)) $(BIN)/pytest -q
 
 test: lint policy-test unit ## Everything CI runs
+
+bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
+	$(BIN)/python -m bench --cerbos $(CERBOS)
 
 clean: ## Remove local state (.dev/); keeps the virtualenv and tools
 	rm -rf .dev

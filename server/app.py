@@ -6,6 +6,7 @@ loop, checks that every component declares what the policies need, and closes bo
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from server.authz import components
 from server.authz.middleware import AuthorizationMiddleware
 from server.authz.pdp import PolicyDecisionPoint
 from server.http_edge import RequestLimits
+from server.ratelimit import RateLimiter
 from server.runtime import Runtime
 from server.settings import Settings
 from server.store import Store
@@ -72,7 +74,17 @@ def create_server(settings: Settings) -> FastMCP[Any]:
         instructions=INSTRUCTIONS,
         auth=build_auth_provider(settings) if settings.transport == "http" else None,
         lifespan=lifespan,
-        middleware=[AuthorizationMiddleware(pdp, local_principal=settings.stdio_principal)],
+        middleware=[
+            AuthorizationMiddleware(
+                pdp,
+                local_principal=settings.stdio_principal,
+                rate_limiter=(
+                    RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+                    if settings.rate_limit_per_second > 0
+                    else None
+                ),
+            )
+        ],
         # Exceptions from tool bodies reach the client as a generic message; tools raise
         # ToolError with a safe text when the caller should learn why.
         mask_error_details=True,
@@ -81,6 +93,12 @@ def create_server(settings: Settings) -> FastMCP[Any]:
         on_duplicate="error",
     )
     tools.register_all(mcp)
+    # On 2026-07-28 connections the MCP SDK validates `Mcp-Param-*` headers of every tools/call
+    # against the tool's schema. Without a lookup it finds the schema by running a whole
+    # tools/list for the caller: one extra batched authorization per call. Validation only
+    # concerns parameters a schema mirrors into headers (`x-mcp-header`); the lifespan refuses
+    # tools that declare any, so "no schema" validates exactly the same, without the listing.
+    mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
     async def healthz(_: Request) -> Response:
@@ -90,8 +108,24 @@ def create_server(settings: Settings) -> FastMCP[Any]:
     return mcp
 
 
+def _no_header_mirrored_parameters(_tool_name: str) -> None:
+    return None
+
+
+class UnsupportedToolDeclaration(ValueError):
+    pass
+
+
 async def _require_policy_metadata(server: FastMCP[Any]) -> None:
-    refs = [components.tool_resource(t) for t in await server.list_tools(run_middleware=False)]
+    registered = await server.list_tools(run_middleware=False)
+    mirrored = [t.name for t in registered if "x-mcp-header" in json.dumps(t.parameters)]
+    if mirrored:
+        # Header validation would then depend on the caller's visibility, which the SDK can only
+        # learn through an unauthorized schema lookup here.
+        raise UnsupportedToolDeclaration(
+            f"tools mirroring parameters into Mcp-Param headers are not supported: {mirrored}"
+        )
+    refs = [components.tool_resource(t) for t in registered]
     refs += [
         components.resource_resource(r) for r in await server.list_resources(run_middleware=False)
     ]

@@ -13,12 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import uvicorn
 
 from server.settings import Settings
 
@@ -185,3 +188,30 @@ def start_dev_issuer(
         process.stop()
         raise TimeoutError(f"dev issuer did not start:\n{process.log_tail()}") from None
     return process
+
+
+class UvicornThread:
+    """Runs an ASGI app with uvicorn on a loopback port in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 20) -> UvicornThread:
+        self.thread.start()
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(),
+            timeout=timeout,
+            what="uvicorn",
+        )
+        if not self.server.started:
+            raise RuntimeError("server failed to start (see log above)")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # operation is denied.
     stdio_principal: Principal | None = None
 
+    # Per-principal token bucket in front of all authorization work; 0 turns it off.
+    rate_limit_per_second: float = Field(default=20.0, ge=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+
     # --- Cerbos PDP -------------------------------------------------------------------------------
     pdp_address: str = "127.0.0.1:3593"
     pdp_timeout_seconds: float = Field(default=0.5, gt=0, le=5)

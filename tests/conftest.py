@@ -85,6 +85,9 @@ def make_settings(
             "auth_audience": AUDIENCE,
             "pdp_address": pdp.grpc_address,
             "database_url": f"sqlite+aiosqlite:///{db}",
+            # Tests fire calls back to back; throttling has its own test.
+            "rate_limit_per_second": 10_000.0,
+            "rate_limit_burst": 10_000,
         }
         return Settings(**{**values, **overrides})
 

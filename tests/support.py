@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
@@ -27,38 +26,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.app import create_http_app, create_server
-from server.devstack import free_port, wait_until
+from server.devstack import UvicornThread, wait_until
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_TESTS = ROOT / "policies" / "tests"
-
-
-class UvicornThread:
-    """Runs an ASGI app with uvicorn on a loopback port in a background thread."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self, timeout: float = 20) -> UvicornThread:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(),
-            timeout=timeout,
-            what="uvicorn",
-        )
-        if not self.server.started:
-            raise RuntimeError("server failed to start (see log above)")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class ReachedTool(Middleware):
@@ -187,8 +159,15 @@ def audit_entries(audit_log: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def entry_inputs(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inputs of a decision-log entry: a CheckResources' resources, or a PlanResources'."""
+    if "checkResources" in entry:
+        return list(entry["checkResources"]["inputs"])
+    return [entry["planResources"]["input"]]
+
+
 def entry_principals(entry: dict[str, Any]) -> set[str]:
-    return {i["principal"]["id"] for i in entry["checkResources"]["inputs"]}
+    return {i["principal"]["id"] for i in entry_inputs(entry)}
 
 
 SENTINEL = "erin"

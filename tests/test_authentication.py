@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from server.authn import StrictJWTVerifier
 from server.dev_issuer import DevIssuer, demo_principals
 from server.devstack import PDP
 from tests.conftest import AUDIENCE
@@ -225,3 +226,36 @@ def test_every_request_is_reverified(server: RunningServer, issuer: DevIssuer) -
     assert_unauthorized(post(server, None, LIST_TOOLS, **extra))
     expired = issuer.sign(claims(issuer, exp=int(time.time()) - 60))
     assert_unauthorized(post(server, f"Bearer {expired}", LIST_TOOLS, **extra))
+
+
+def strict_verifier(issuer: DevIssuer, **options: Any) -> StrictJWTVerifier:
+    return StrictJWTVerifier(
+        jwks_uri=issuer.jwks_url,
+        issuer=issuer.issuer,
+        audience=AUDIENCE,
+        algorithm="RS256",
+        clock_skew_seconds=0,
+        **options,
+    )
+
+
+async def test_a_remembered_token_is_still_refused_once_it_expires(
+    issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verification cache skips only the signature check: time claims are checked each time."""
+    verifier = strict_verifier(issuer)
+    now = time.time()
+    token = issuer.sign(claims(issuer, exp=int(now) + 30))
+    assert await verifier.load_access_token(token) is not None
+    assert await verifier.load_access_token(token) is not None  # from the cache
+    monkeypatch.setattr("server.authn.time.time", lambda: now + 31)
+    assert await verifier.load_access_token(token) is None
+
+
+async def test_the_verification_cache_is_bounded(issuer: DevIssuer) -> None:
+    verifier = strict_verifier(issuer, cache_size=3)
+    for i in range(5):
+        assert (
+            await verifier.load_access_token(issuer.sign(claims(issuer, jti=f"t{i}"))) is not None
+        )
+    assert len(verifier._verified) == 3

@@ -13,7 +13,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from server.devstack import PDP
-from tests.support import RunningServer, db_snapshot, insert_ticket, pdp_decisions
+from tests.support import RunningServer, db_snapshot, entry_inputs, insert_ticket, pdp_decisions
 
 SPOOF = {
     "sub": "dave",
@@ -49,7 +49,7 @@ async def test_meta_and_headers_do_not_change_what_mallory_sees_or_can_do(
         )
         assert result.is_error
     assert db_snapshot(server.db_path) == before
-    principals = [i["principal"] for e in caused for i in e["checkResources"]["inputs"]]
+    principals = [i["principal"] for e in caused for i in entry_inputs(e)]
     assert principals and all(
         p["id"] == "mallory" and p["roles"] == ["contractor"] for p in principals
     )

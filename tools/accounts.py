@@ -12,12 +12,12 @@ import hashlib
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from fastmcp import Context, FastMCP
 from fastmcp.dependencies import CurrentContext, Depends
 from fastmcp.exceptions import ToolError
-from mcp.types import InputRequiredResult, ToolAnnotations
+from mcp.types import InputRequiredResult
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +28,7 @@ from server.authz.records import RecordAccess, obligations
 from server.dependencies import get_principal, get_record_access, get_store
 from server.principal import Principal
 from server.store import Account, Refund, Store
+from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "finance"
 CONFIDENTIAL = {"department": DEPARTMENT, "sensitivity": "confidential"}
@@ -46,16 +47,6 @@ VIEW_PII: Final = "view_pii"
 
 AccountId = Annotated[int, Field(description="Numeric id of the customer account, e.g. 2.", ge=1)]
 Plan = Literal["free", "pro", "enterprise"]
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-WRITES = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class AccountOut(BaseModel):
@@ -105,11 +96,6 @@ class RefundOut(BaseModel):
     confirmed_by_human: bool
 
 
-class Deleted(BaseModel):
-    id: int
-    deleted: bool = True
-
-
 def mask_email(email: str) -> str:
     local, _, domain = email.partition("@")
     return f"{local[:1]}***@{domain}" if domain else "***"
@@ -121,9 +107,7 @@ def mask_phone(phone: str) -> str:
 
 
 def policy_resource(account: Account, *, refund_amount: Decimal = Decimal(0)) -> ResourceRef:
-    attributes: dict[str, Any] = {
-        name: getattr(account, column.key) for name, column in POLICY_COLUMNS.items()
-    }
+    attributes = policy_attributes(account, POLICY_COLUMNS)
     # Only the refund decision needs an argument of the call: its amount, nothing else.
     attributes["refund_amount"] = float(refund_amount)
     return ResourceRef(kind=POLICY_KIND, id=str(account.id), attributes=attributes)

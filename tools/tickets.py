@@ -9,12 +9,11 @@ ticket that does not exist, and list_tickets returns only rows the policy lets t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from fastmcp.exceptions import ToolError
-from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +23,7 @@ from server.authz.records import RecordAccess
 from server.dependencies import get_principal, get_record_access, get_store
 from server.principal import Principal
 from server.store import Store, Ticket
+from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "support"
 META = {"department": DEPARTMENT, "sensitivity": "internal"}
@@ -45,16 +45,6 @@ Status = Literal["open", "in_progress", "closed"]
 Priority = Literal["low", "normal", "high", "urgent"]
 Team = Literal["tier1", "tier2"]
 Category = Literal["technical", "billing", "account"]
-
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-WRITES = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-DESTRUCTIVE = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
 
 
 class TicketOut(BaseModel):
@@ -81,16 +71,12 @@ class TicketList(BaseModel):
     count: int
 
 
-class Deleted(BaseModel):
-    id: int
-    deleted: bool = True
-
-
 def policy_resource(ticket: Ticket) -> ResourceRef:
-    attributes: dict[str, Any] = {
-        name: getattr(ticket, column.key) for name, column in POLICY_COLUMNS.items()
-    }
-    return ResourceRef(kind=POLICY_KIND, id=str(ticket.id or "new"), attributes=attributes)
+    return ResourceRef(
+        kind=POLICY_KIND,
+        id=str(ticket.id or "new"),
+        attributes=policy_attributes(ticket, POLICY_COLUMNS),
+    )
 
 
 def not_found(ticket_id: int) -> ToolError:

@@ -27,6 +27,7 @@ from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
     METHOD_NOT_FOUND,
     NOT_AUTHORIZED,
+    RATE_LIMITED,
     UNAVAILABLE_MESSAGE,
     not_found,
 )
@@ -38,6 +39,7 @@ from server.authz.pdp import (
     ResourceRef,
 )
 from server.principal import InvalidClaims, Principal, principal_from_claims
+from server.ratelimit import RateLimiter
 from server.request_context import RequestInfo, bind_request, current_request, unbind_request
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,17 @@ C = TypeVar("C")
 
 
 class AuthorizationMiddleware(Middleware):
-    def __init__(self, pdp: PolicyDecisionPoint, *, local_principal: Principal | None) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint,
+        *,
+        local_principal: Principal | None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
         self.pdp = pdp
         # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
         self.local_principal = local_principal
+        self.rate_limiter = rate_limiter
 
     # --- every request -------------------------------------------------------------------------
 
@@ -85,6 +94,14 @@ class AuthorizationMiddleware(Middleware):
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
+        if self.rate_limiter is not None:
+            wait = self.rate_limiter.retry_after(principal.id)
+            if wait > 0:
+                raise McpError(
+                    code=RATE_LIMITED,
+                    message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",
+                    data={"retry_after_seconds": round(wait, 3)},
+                )
         request_id = uuid.uuid4().hex
         token = bind_request(RequestInfo(request_id=request_id, principal=principal))
         tracing.tag_request(request_id, principal)

@@ -14,6 +14,7 @@ decision in it, and the channel's interceptors carry the trace context to the PD
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,10 +157,13 @@ class PolicyDecisionPoint:
         if not entries:
             return CheckResult(request_id=request_id, call_ids=(), decisions=())
         size = self.max_resources_per_request
-        chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
-        replies = await asyncio.gather(
-            *(self._check_chunk(principal, chunk, request_id, must_allow) for chunk in chunks)
-        )
+        if len(entries) <= size:  # the common case: no task scheduling for a single RPC
+            replies = [await self._check_chunk(principal, entries, request_id, must_allow)]
+        else:
+            chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+            replies = await asyncio.gather(
+                *(self._check_chunk(principal, chunk, request_id, must_allow) for chunk in chunks)
+            )
         return CheckResult(
             request_id=request_id,
             call_ids=tuple(call_id for call_id, _ in replies),
@@ -250,7 +254,9 @@ class PolicyDecisionPoint:
             raise AuthorizationUnavailable("pdp_unavailable", code.name) from None
 
 
+@functools.lru_cache(maxsize=4096)
 def _principal_message(principal: Principal) -> engine_pb2.Principal:
+    # Principals are immutable and few: build each one's message once.
     return engine_pb2.Principal(
         id=principal.id,
         roles=list(principal.roles),
@@ -263,9 +269,26 @@ def _resource_message(ref: ResourceRef) -> engine_pb2.Resource:
 
 
 def _attribute_values(attributes: Mapping[str, Any]) -> dict[str, struct_pb2.Value]:
-    return {
-        key: json_format.ParseDict(value, struct_pb2.Value()) for key, value in attributes.items()
-    }
+    return {key: _value(value) for key, value in attributes.items()}
+
+
+def _value(value: Any) -> struct_pb2.Value:
+    """A JSON-like Python value as a protobuf Value (json_format.ParseDict is ~10x slower)."""
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, int | float):
+        return struct_pb2.Value(number_value=value)
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    if value is None:
+        return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    if isinstance(value, list | tuple):
+        return struct_pb2.Value(list_value=struct_pb2.ListValue(values=[_value(v) for v in value]))
+    if isinstance(value, Mapping):
+        return struct_pb2.Value(
+            struct_value=struct_pb2.Struct(fields={str(k): _value(v) for k, v in value.items()})
+        )
+    raise TypeError(f"attribute value of type {type(value).__name__} cannot be sent to the PDP")
 
 
 def _read_results(

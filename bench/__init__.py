@@ -1,0 +1,1 @@
+"""`make bench`: the full stack against bare FastMCP, measured side by side in one run."""
