@@ -349,3 +349,38 @@ def test_otlp_export_needs_a_collector_url() -> None:
     assert http.otel_traces_endpoint == "http://collector:4318/v1/traces"
     grpc = Settings(transport="stdio", otel_exporter="otlp", otel_endpoint="http://collector:4317")
     assert grpc.otel_traces_endpoint == "http://collector:4317"
+
+
+async def test_a_throttled_request_is_a_refusal_naming_who_and_why(
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+    spans: InMemorySpanExporter,
+) -> None:
+    server = start_server(make_settings(pdp, rate_limit_per_second=0.01, rate_limit_burst=1), token)
+    try:
+        with caller_span() as trace_id:
+            async with server.client("mallory") as client:
+
+                async def flood() -> None:  # the burst is one request; this needs more
+                    for _ in range(3):
+                        await client.call_tool("create_ticket", {"title": "Flood"})
+
+                with pytest.raises(MCPError):
+                    await flood()
+    finally:
+        server.stop()
+
+    def refusal(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+        return [
+            s
+            for s in spans
+            if s.kind == SERVER
+            and (s.attributes or {}).get("authz.denial_reason") == "rate_limited"
+        ]
+
+    tree = await spans_of_trace(spans, trace_id, lambda spans: bool(refusal(spans)))
+    refused = refusal(tree)[0]
+    assert refused.status.status_code == StatusCode.ERROR
+    assert refused.attributes["authz.principal.id"] == "mallory"
+    assert not children(tree, refused)  # refused before any PDP work

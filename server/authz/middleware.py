@@ -88,15 +88,18 @@ class AuthorizationMiddleware(Middleware):
         if method in OPEN_METHODS:
             return await call_next(context)
         if method not in AUTHORIZED_METHODS:
+            tracing.refuse_request("unknown_method")
             raise McpError(code=METHOD_NOT_FOUND, message="Method not found")
         principal = self._principal(context)
         if principal is None:
+            tracing.refuse_request("no_principal")
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
         if self.rate_limiter is not None:
             wait = self.rate_limiter.retry_after(principal.id)
             if wait > 0:
+                tracing.refuse_request("rate_limited", principal)
                 raise McpError(
                     code=RATE_LIMITED,
                     message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",

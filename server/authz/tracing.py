@@ -73,6 +73,10 @@ DenialReason = Literal[
     "invalid_reply",
     "invalid_request",
     "internal_error",  # anything unexpected on the decision path (still a denial)
+    # refused by the middleware before any decision:
+    "unknown_method",
+    "no_principal",
+    "rate_limited",
 ]
 
 _POLICY_REASON_SHAPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -254,9 +258,11 @@ def allow_request() -> None:
         span.set_attribute(EFFECT, ALLOW)
 
 
-def refuse_request(reason: DenialReason) -> None:
+def refuse_request(reason: DenialReason, principal: Principal | None = None) -> None:
     """The request is refused: ERROR status and the reason on the server span."""
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({EFFECT: DENY, DENIAL_REASON: reason})
+        if principal is not None:
+            span.set_attribute(PRINCIPAL_ID, principal.id)
         span.set_status(Status(StatusCode.ERROR, f"authorization denied: {reason}"))
