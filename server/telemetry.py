@@ -189,8 +189,8 @@ def install(settings: Settings) -> None:
     """Make sure the process has an SDK tracer provider that feeds the router. Idempotent.
 
     The first call defines the resource. If the process already has an SDK provider (e.g. the
-    app runs under ``opentelemetry-instrument``), the router joins that one and its resource
-    applies.
+    app runs under ``opentelemetry-instrument``), the router joins that one, and its resource,
+    its sampler and its own processors (which see spans unredacted) apply.
     """
     global _installed
     with _install_lock:
@@ -199,7 +199,10 @@ def install(settings: Settings) -> None:
         current = trace.get_tracer_provider()
         if isinstance(current, TracerProvider):
             current.add_span_processor(_router)
-            log.info("tracing: joined the process's existing tracer provider")
+            log.warning(
+                "tracing: joined the process's existing tracer provider; its sampler applies "
+                "and its own processors receive spans without this module's redaction"
+            )
         else:
             provider = TracerProvider(
                 resource=resource(settings),
