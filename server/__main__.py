@@ -230,7 +230,11 @@ def _run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) ->
     workdir = devstack.ROOT / ".dev"
     grpc_port = int(settings.pdp_address.rsplit(":", 1)[1])
     pdp = devstack.start_pdp(
-        cerbos, workdir=workdir / "cerbos", grpc_port=grpc_port, http_port=pdp_http_port
+        cerbos,
+        workdir=workdir / "cerbos",
+        grpc_port=grpc_port,
+        http_port=pdp_http_port,
+        env=devstack.pdp_tracing_env(settings),
     )
     processes = [pdp.process]
     try:
@@ -262,6 +266,7 @@ def _run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) ->
                 audit=pdp.audit_log,
                 vault=vault.address,
                 issuer=settings.auth_issuer,
+                tracing=_tracing_line(settings),
             ),
             flush=True,
         )
@@ -286,11 +291,20 @@ def _fresh_dev_database(settings: Settings) -> None:
         path.unlink()
 
 
+def _tracing_line(settings: Settings) -> str:
+    if settings.otel_exporter == "otlp":
+        return f"server and PDP spans to {settings.otel_traces_endpoint}"
+    if settings.otel_exporter == "console":
+        return "server spans printed to stderr (PDP spans need MCP_OTEL_EXPORTER=otlp)"
+    return "off (MCP_OTEL_EXPORTER=console or otlp turns it on; see README, Tracing)"
+
+
 DEV_BANNER = """
   MCP server (development)   {url}
   Cerbos PDP                 {pdp}   decision log: {audit}
   OpenBao (DEV server)       {vault}   in memory, unsealed; every secret is lost on stop
   Dev token issuer           {issuer}
+  Tracing                    {tracing}
 
   Get a token:     make token user=alice      (alice bob carol dave erin mallory)
   Connect:         Authorization: Bearer <token>   (see README, "Connect a client")

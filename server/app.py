@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.telemetry import suppress_fastmcp_telemetry
 from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +26,7 @@ from server.http_edge import RequestLimits
 from server.ratelimit import RateLimiter
 from server.runtime import Runtime, build_runtime
 from server.settings import Settings
+from server.telemetry import HttpTraceContext
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,9 @@ def create_server(settings: Settings, runtime: Runtime | None = None) -> FastMCP
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
         await runtime.start()
         try:
-            await _require_policy_metadata(server)
+            # A startup check, not a request: no server spans for its internal listings.
+            with suppress_fastmcp_telemetry():
+                await _require_policy_metadata(server)
             server_state["ready"] = True
             yield {"runtime": runtime}
         finally:
@@ -121,8 +125,9 @@ async def _require_policy_metadata(server: FastMCP[Any]) -> None:
 
 
 def create_http_app(mcp: FastMCP[Any], settings: Settings) -> Any:
-    """The ASGI app: Host/Origin guard, bearer authentication, request limits, then MCP."""
-    return mcp.http_app(
+    """The ASGI app: trace context from HTTP headers, Host/Origin guard, bearer authentication,
+    request limits, then MCP."""
+    app = mcp.http_app(
         path=settings.path,
         transport="http",
         middleware=[
@@ -138,3 +143,4 @@ def create_http_app(mcp: FastMCP[Any], settings: Settings) -> Any:
         allowed_hosts=settings.allowed_hosts,
         allowed_origins=settings.allowed_origins,
     )
+    return HttpTraceContext(app)

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import uvicorn
 
+from server.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 PDP_CONFIG = ROOT / "config" / "cerbos" / "config.yaml"
 POLICIES = ROOT / "policies"
@@ -158,6 +160,22 @@ def start_pdp(
         process.stop()
         raise TimeoutError(f"Cerbos PDP did not start:\n{process.log_tail()}") from None
     return pdp
+
+
+def pdp_tracing_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes the PDP export its spans where the server exports its own.
+
+    Cerbos reads tracing settings only from these variables. Its default sampler,
+    parentbased_always_off, records a request exactly when the server's span is sampled, so
+    the PDP's spans always come with a server trace to hang under.
+    """
+    if settings.otel_exporter != "otlp" or not settings.otel_traces_endpoint:
+        return {}
+    return {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": settings.otel_traces_endpoint,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": settings.otel_protocol,
+        "OTEL_SERVICE_NAME": "cerbos",
+    }
 
 
 def start_dev_issuer(

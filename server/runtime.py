@@ -1,7 +1,8 @@
 """The long-lived services of one server instance, opened and closed by its lifespan.
 
 Built (without I/O) by ``build_runtime``; connections are opened inside the running event loop,
-because the async gRPC channel binds to the loop that creates it.
+because the async gRPC channel binds to the loop that creates it. Telemetry starts first and
+closes last, so the PDP channel's first RPC and the shutdown's last spans are exported too.
 
 Startup order matters: Vault first (the server's login and every identity), then the settings
 that come from Vault, then the production guard on what was actually obtained, and only then the
@@ -22,6 +23,7 @@ from server.pii import PII_IDENTITY, PII_KEY
 from server.settings import Settings
 from server.settings_vault import with_vault_secrets
 from server.store import Store
+from server.telemetry import Telemetry, grpc_client_interceptors
 from server.vault import SecretsUnavailable, VaultStartupError
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ class Runtime:
     store: Store
     pdp: PolicyDecisionPoint
     identities: Identities
+    telemetry: Telemetry
 
     async def start(self) -> None:
+        self.telemetry.start()
         await self.pdp.start()
         try:
             facts = await self.identities.open()
@@ -66,6 +70,7 @@ class Runtime:
         await self.store.close()
         await self.identities.close()
         await self.pdp.close()
+        await self.telemetry.close()
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -74,10 +79,13 @@ def build_runtime(settings: Settings) -> Runtime:
         timeout_seconds=settings.pdp_timeout_seconds,
         max_resources_per_request=settings.pdp_max_resources_per_request,
         tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
+        # The trace context travels to the PDP as gRPC metadata; the PDP continues the trace.
+        interceptors=grpc_client_interceptors(),
     )
     return Runtime(
         settings=settings,
         store=Store(settings.database_url),
         pdp=pdp,
         identities=Identities(settings),
+        telemetry=Telemetry(settings),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -128,6 +129,27 @@ class Settings(BaseSettings):
         vault = VaultSettingsSource(settings_cls, active_vault_reader())
         return vault, init_settings, env_settings, dotenv_settings, file_secret_settings
 
+    # --- telemetry (OpenTelemetry traces) -----------------------------------------------------
+    # "none": no SDK, spans are no-ops (trace context still reaches the PDP); "console": spans
+    # printed to stderr (development); "otlp": batched export to a collector at otel_endpoint.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP collector base URL, e.g. http://127.0.0.1:4317 (grpc) or "
+        "http://127.0.0.1:4318 (http/protobuf).",
+    )
+    otel_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otel_service_name: str | None = Field(
+        default=None, description="service.name of the spans; defaults to server_name."
+    )
+    service_version: str | None = Field(
+        default=None, description="service.version of the spans; defaults to the package version."
+    )
+    # An unreachable collector must cost requests nothing: spans wait in a bounded queue
+    # (oldest dropped when full) and each export gives up after this timeout.
+    otel_export_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    otel_max_queue_size: int = Field(default=2048, ge=1, le=100_000)
+
     @field_validator("path")
     @classmethod
     def _path_is_absolute(cls, value: str) -> str:
@@ -149,6 +171,30 @@ class Settings(BaseSettings):
         if self.vault_login == "token_file" and self.vault_token_file is None:
             raise ValueError("MCP_VAULT_LOGIN=token_file needs MCP_VAULT_TOKEN_FILE")
         return self
+
+    @model_validator(mode="after")
+    def _otlp_needs_an_endpoint(self) -> Settings:
+        if self.otel_exporter == "otlp":
+            url = urlsplit(self.otel_endpoint or "")
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(
+                    "MCP_OTEL_EXPORTER=otlp needs MCP_OTEL_ENDPOINT, an http(s):// collector URL"
+                )
+        return self
+
+    @property
+    def otel_traces_endpoint(self) -> str | None:
+        """Where trace exports go: the base URL for gRPC, plus ``/v1/traces`` for HTTP.
+
+        The same value is handed to the PDP (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), whose
+        exporter follows the same convention.
+        """
+        if not self.otel_endpoint:
+            return None
+        endpoint = self.otel_endpoint.rstrip("/")
+        if self.otel_protocol == "http/protobuf" and urlsplit(endpoint).path in ("", "/"):
+            endpoint += "/v1/traces"
+        return endpoint
 
     @property
     def base_url(self) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 
+from server import store_tracing
 from server.pii import CIPHERTEXT_PREFIX, Encrypt, mask_email, mask_phone
 
 
@@ -174,6 +175,7 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(url, pool_pre_ping=True)
+        store_tracing.instrument(engine)
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with engine.begin() as conn:

@@ -17,10 +17,10 @@ from typing import Any
 
 import hvac
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from server import telemetry
 from server.dev_issuer import DevIssuer, demo_principals
 from server.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
 from server.settings import Settings
@@ -67,10 +67,11 @@ def _record_everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     previous = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(SPANS))
-    trace.set_tracer_provider(provider)
+    telemetry.install(Settings(transport="stdio"))
+    processor = SimpleSpanProcessor(SPANS)
+    telemetry.attach(processor)
     yield
+    telemetry.detach(processor)
     root.removeHandler(handler)
     root.setLevel(previous)
     handler.close()
@@ -201,3 +202,14 @@ def fresh_openbao(bao_bin: Path, tmp_path: Path) -> Iterator[Callable[..., OpenB
     yield start
     for running in started:
         running.process.stop()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Every span ended in this process during the test (servers export nothing by default)."""
+    telemetry.install(Settings(transport="stdio"))
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    telemetry.attach(processor)
+    yield exporter
+    telemetry.detach(processor)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import secrets
 import sqlite3
+import threading
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,9 @@ import yaml
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.middleware import Middleware
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.app import create_http_app, create_server
@@ -351,3 +359,153 @@ def live_token(identities: Any, name: str) -> str:
 
 def requests_by(log: Any, since: int, identity: str) -> list[tuple[str, str, int]]:
     return [(r.method, r.path, r.status) for r in log.since(since) if r.label.identity == identity]
+
+
+# --- spans ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def caller_span(name: str = "caller") -> Iterator[int]:
+    """Run the block inside a span of a calling service; yields its trace id.
+
+    The MCP client in the block puts the trace context in ``_meta`` (it sends no HTTP header).
+    """
+    with trace.get_tracer("tests").start_as_current_span(name) as span:
+        yield span.get_span_context().trace_id
+
+
+def in_trace(spans: Sequence[ReadableSpan], trace_id: int) -> list[ReadableSpan]:
+    return [s for s in spans if s.context is not None and s.context.trace_id == trace_id]
+
+
+SERVER = trace.SpanKind.SERVER
+
+
+def one(
+    spans: Sequence[ReadableSpan],
+    name: str,
+    kind: trace.SpanKind | None = None,
+    **attributes: Any,
+) -> ReadableSpan:
+    """The single span called ``name`` (of ``kind``) whose attributes include ``attributes``."""
+    found = [
+        s
+        for s in spans
+        if s.name == name
+        and (kind is None or s.kind == kind)
+        and all((s.attributes or {}).get(k) == v for k, v in attributes.items())
+    ]
+    assert len(found) == 1, f"{len(found)} spans {name!r} {attributes}: {[s.name for s in spans]}"
+    return found[0]
+
+
+def children(spans: Sequence[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    assert parent.context is not None
+    return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+def is_server_side(span: ReadableSpan) -> bool:
+    """Not one of the test client's own spans (a real client would export those elsewhere)."""
+    scope = span.instrumentation_scope.name if span.instrumentation_scope else ""
+    return not (span.kind == trace.SpanKind.CLIENT and scope in ("fastmcp", "mcp-python-sdk"))
+
+
+async def spans_of_trace(
+    exporter: InMemorySpanExporter,
+    trace_id: int,
+    until: Callable[[list[ReadableSpan]], bool],
+    *,
+    within: float = 5,
+) -> list[ReadableSpan]:
+    """The trace's finished spans once ``until`` holds (spans end just after responses)."""
+    deadline = time.monotonic() + within
+    while True:
+        spans = in_trace(exporter.get_finished_spans(), trace_id)
+        if until(spans):
+            return spans
+        if time.monotonic() > deadline:
+            raise AssertionError(f"trace incomplete after {within}s: {[s.name for s in spans]}")
+        await asyncio.sleep(0.02)
+
+
+def has(name: str, kind: trace.SpanKind = SERVER) -> Callable[[list[ReadableSpan]], bool]:
+    return lambda spans: any(s.name == name and s.kind == kind for s in spans)
+
+
+# --- a collector ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: int
+    span_id: int
+    parent_id: int
+    attributes: dict[str, Any]
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace collector on a loopback port, keeping what it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                receiver._keep(request)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self.traces_url = f"{self.base_url}/v1/traces"
+
+    def _keep(self, request: Any) -> None:
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=resource.get("service.name", ""),
+                            name=span.name,
+                            trace_id=int.from_bytes(span.trace_id, "big"),
+                            span_id=int.from_bytes(span.span_id, "big"),
+                            parent_id=int.from_bytes(span.parent_span_id or b"\0", "big"),
+                            attributes={
+                                a.key: getattr(
+                                    a.value, a.value.WhichOneof("value") or "string_value"
+                                )
+                                for a in span.attributes
+                            },
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(received)
+
+    def of_trace(self, trace_id: int) -> list[ReceivedSpan]:
+        with self._lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def __enter__(self) -> OtlpReceiver:
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.shutdown()
+        self.http.server_close()

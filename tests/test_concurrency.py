@@ -7,13 +7,17 @@ import asyncio
 import random
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
 
 from server.authz import components
 from server.authz.pdp import PolicyDecisionPoint, ResourceRef
 from server.dev_issuer import DevIssuer
 from server.devstack import PDP
 from server.principal import Principal, principal_from_claims
+from server.settings import Settings
 from tests.conftest import AUDIENCE
 from tests.support import (
     RunningServer,
@@ -22,6 +26,7 @@ from tests.support import (
     entry_inputs,
     insert_account,
     insert_ticket,
+    start_server,
 )
 from tools import accounts, tickets
 
@@ -42,6 +47,17 @@ PROFILES: list[dict[str, Any]] = [
     {"roles": ["admin"], "department": "it", "teams": [], "mfa": True},
     {"roles": ["admin"], "department": "it", "teams": [], "mfa": False},
 ]
+
+
+@pytest.fixture(scope="module")
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    """This module tests correctness under concurrency, not latency: a generous PDP deadline
+    keeps a loaded machine from turning slow decisions into "authorization unavailable"."""
+    running = start_server(make_settings(pdp, pdp_timeout_seconds=5), token)
+    yield running
+    running.stop()
 
 
 def claims_of(i: int) -> dict[str, Any]:

@@ -171,7 +171,9 @@ async def viewable(
     account = await session.get(Account, account_id)
     if account is None:
         raise missing
-    (decision,) = await access.decide([policy_resource(account)], ("view", VIEW_PII))
+    (decision,) = await access.decide(
+        [policy_resource(account)], ("view", VIEW_PII), must_allow=("view",)
+    )
     if not decision.allowed("view"):
         raise missing
     return AccountOut.of(account, contacts=await contacts_for(identity, account, decision))

@@ -219,7 +219,9 @@ def register(mcp: FastMCP) -> None:
             assignee="",
             created_by=caller.id,
         )
-        decision = await access.decide([policy_resource(ticket)], ("create",))
+        decision = await access.decide(
+            [policy_resource(ticket)], ("create",), must_allow=("create",)
+        )
         if not decision[0].allowed("create"):
             raise ToolError(
                 f"You may not file a {priority} ticket in the {team} queue. Nothing was created."

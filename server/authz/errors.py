@@ -1,7 +1,8 @@
 """What callers are told when authorization says no or cannot answer.
 
 A denial must be indistinguishable from absence, so the "not found" errors here are exactly the
-ones FastMCP itself produces for unknown components.
+ones FastMCP itself produces for unknown components. ``AuthorizationUnavailable`` is the one
+internal error for "the PDP gave no trustworthy answer"; its reason is what spans record.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ NOT_AUTHORIZED: Final = -32003
 RATE_LIMITED: Final = -32029
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
+
+FailureReason = Literal["pdp_unavailable", "pdp_timeout", "invalid_reply", "invalid_request"]
+
+
+class AuthorizationUnavailable(Exception):
+    """The PDP could not give a trustworthy answer; callers must deny."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: FailureReason = reason
+        self.detail = detail
+
 
 UNAVAILABLE_MESSAGE: Final = (
     "Authorization unavailable: the policy decision point could not be reached, "

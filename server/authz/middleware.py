@@ -21,7 +21,7 @@ from fastmcp.exceptions import McpError
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
-from server.authz import components
+from server.authz import components, tracing
 from server.authz.components import ComponentType
 from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
@@ -88,21 +88,26 @@ class AuthorizationMiddleware(Middleware):
         if method in OPEN_METHODS:
             return await call_next(context)
         if method not in AUTHORIZED_METHODS:
+            tracing.refuse_request("unknown_method")
             raise McpError(code=METHOD_NOT_FOUND, message="Method not found")
         principal = self._principal(context)
         if principal is None:
+            tracing.refuse_request("no_principal")
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
         if self.rate_limiter is not None:
             wait = self.rate_limiter.retry_after(principal.id)
             if wait > 0:
+                tracing.refuse_request("rate_limited", principal)
                 raise McpError(
                     code=RATE_LIMITED,
                     message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",
                     data={"retry_after_seconds": round(wait, 3)},
                 )
-        token = bind_request(RequestInfo(request_id=uuid.uuid4().hex, principal=principal))
+        request_id = uuid.uuid4().hex
+        token = bind_request(RequestInfo(request_id=request_id, principal=principal))
+        tracing.tag_request(request_id, principal)
         try:
             return await call_next(context)
         finally:
@@ -202,28 +207,48 @@ class AuthorizationMiddleware(Middleware):
         self, ref: ResourceRef, component_type: ComponentType, name: str, *, found: bool
     ) -> None:
         action = components.USE_ACTION[component_type]
-        result = await self._decide([(ref, (action,))])
+        # The name goes on the server span even for a refusal; an implausible one (it could
+        # be anything a client sent) is recorded as "unregistered".
+        tracing.mark_request(
+            component_type,
+            name if components.is_plausible_name(name) else components.UNREGISTERED,
+        )
+        result = await self._decide([(ref, (action,))], must_allow=(action,))
         decision: ResourceDecision = result.decisions[0]
-        if not (found and decision.allowed(action)):
+        if not found:
+            tracing.refuse_request("unknown_component")
             raise not_found(component_type, name)
+        if not decision.allowed(action):
+            tracing.refuse_request(tracing.denial_reason(decision))
+            raise not_found(component_type, name)
+        tracing.allow_request()
 
     # --- the one place a decision is made --------------------------------------------------------
 
-    async def _decide(self, entries: Sequence[tuple[ResourceRef, Sequence[str]]]) -> CheckResult:
+    async def _decide(
+        self,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        *,
+        must_allow: Sequence[str] = (),
+    ) -> CheckResult:
         info = current_request()
         if info is None or info.principal is None:
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
         try:
-            return await self.pdp.check(info.principal, entries, request_id=info.request_id)
+            return await self.pdp.check(
+                info.principal, entries, request_id=info.request_id, must_allow=must_allow
+            )
         except AuthorizationUnavailable as exc:
             log.warning(
                 "authorization unavailable (%s) for request %s", exc.reason, info.request_id
             )
+            tracing.refuse_request(exc.reason)
         except Exception:
             # Fail closed on anything unexpected too, but keep the evidence.
             log.exception("authorization failed for request %s", info.request_id)
+            tracing.refuse_request("internal_error")
         raise McpError(code=AUTHORIZATION_UNAVAILABLE, message=UNAVAILABLE_MESSAGE)
 
 

@@ -6,6 +6,9 @@ config that fires early) nor per-call metadata (needed to tag the PDP's audit lo
 request id). Every answer is checked for shape before it is believed: a reply that does not
 describe exactly the resources and actions we asked about is treated as an outage, never as an
 ALLOW.
+
+Every RPC is one ``authz.check`` / ``authz.plan`` span (``server.authz.tracing``) recording each
+decision in it, and the channel's interceptors carry the trace context to the PDP.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 from cerbos.effect.v1 import effect_pb2
@@ -25,11 +28,21 @@ from cerbos.response.v1 import response_pb2
 from cerbos.svc.v1 import svc_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 
+from server.authz import tracing
+from server.authz.errors import AuthorizationUnavailable, FailureReason
 from server.principal import Principal
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ActionDecision",
+    "AuthorizationUnavailable",
+    "CheckResult",
+    "FailureReason",
+    "PolicyDecisionPoint",
+    "ResourceDecision",
+    "ResourceRef",
+]
 
-FailureReason = Literal["pdp_unavailable", "pdp_timeout", "invalid_reply", "invalid_request"]
+log = logging.getLogger(__name__)
 
 # Reconnect quickly after a PDP restart: gRPC's default backoff grows to two minutes, which
 # would keep every request denied long after the PDP is back.
@@ -48,15 +61,6 @@ _KNOWN_FILTER_KINDS = frozenset(
         engine_pb2.PlanResourcesFilter.KIND_CONDITIONAL,
     }
 )
-
-
-class AuthorizationUnavailable(Exception):
-    """The PDP could not give a trustworthy answer; callers must deny."""
-
-    def __init__(self, reason: FailureReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: FailureReason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,13 @@ class PolicyDecisionPoint:
         timeout_seconds: float,
         max_resources_per_request: int,
         tls_ca: bytes | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.address = address
         self.timeout_seconds = timeout_seconds
         self.max_resources_per_request = max_resources_per_request
         self._tls_ca = tls_ca
+        self._interceptors = list(interceptors)
         self._channel: grpc.aio.Channel | None = None
         self._stub: svc_pb2_grpc.CerbosServiceStub | None = None
 
@@ -119,9 +125,13 @@ class PolicyDecisionPoint:
         """Open the channel. Must run inside the loop that will use it (grpc.aio binds to it)."""
         if self._tls_ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
-            self._channel = grpc.aio.secure_channel(self.address, creds, options=_CHANNEL_OPTIONS)
+            self._channel = grpc.aio.secure_channel(
+                self.address, creds, options=_CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(
+                self.address, options=_CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
         self._stub = svc_pb2_grpc.CerbosServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -135,8 +145,12 @@ class PolicyDecisionPoint:
         entries: Sequence[tuple[ResourceRef, Sequence[str]]],
         *,
         request_id: str,
+        must_allow: Collection[str] = (),
     ) -> CheckResult:
         """Decide every (resource, actions) entry; chunked at the PDP's per-request limit.
+
+        ``must_allow`` names the actions whose DENY refuses the caller's request (empty for a
+        list being filtered); such a denial marks the decision span as an error.
 
         Raises ``AuthorizationUnavailable`` for any outage, timeout or malformed reply.
         """
@@ -144,11 +158,11 @@ class PolicyDecisionPoint:
             return CheckResult(request_id=request_id, call_ids=(), decisions=())
         size = self.max_resources_per_request
         if len(entries) <= size:  # the common case: no task scheduling for a single RPC
-            replies = [await self._check_chunk(principal, entries, request_id)]
+            replies = [await self._check_chunk(principal, entries, request_id, must_allow)]
         else:
             chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
             replies = await asyncio.gather(
-                *(self._check_chunk(principal, chunk, request_id) for chunk in chunks)
+                *(self._check_chunk(principal, chunk, request_id, must_allow) for chunk in chunks)
             )
         return CheckResult(
             request_id=request_id,
@@ -161,22 +175,29 @@ class PolicyDecisionPoint:
         principal: Principal,
         entries: Sequence[tuple[ResourceRef, Sequence[str]]],
         request_id: str,
+        must_allow: Collection[str],
     ) -> tuple[str, list[ResourceDecision]]:
-        request = request_pb2.CheckResourcesRequest(
-            request_id=request_id,
-            include_meta=True,
-            principal=_principal_message(principal),
-            resources=[
-                request_pb2.CheckResourcesRequest.ResourceEntry(
-                    actions=list(actions), resource=_resource_message(ref)
-                )
-                for ref, actions in entries
-            ],
-        )
-        reply = await self._call("CheckResources", request, request_id)
-        if not isinstance(reply, response_pb2.CheckResourcesResponse):
-            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
-        return reply.cerbos_call_id, _read_results(reply, entries)
+        with tracing.decision_span(
+            tracing.CHECK_SPAN, principal, request_id, tracing.check_attributes(entries)
+        ) as span:
+            request = request_pb2.CheckResourcesRequest(
+                request_id=request_id,
+                include_meta=True,
+                principal=_principal_message(principal),
+                resources=[
+                    request_pb2.CheckResourcesRequest.ResourceEntry(
+                        actions=list(actions), resource=_resource_message(ref)
+                    )
+                    for ref, actions in entries
+                ],
+            )
+            reply = await self._call("CheckResources", request, request_id)
+            if not isinstance(reply, response_pb2.CheckResourcesResponse):
+                raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+            span.call_id(reply.cerbos_call_id)
+            decisions = _read_results(reply, entries)
+            span.checked(decisions, must_allow)
+            return reply.cerbos_call_id, decisions
 
     async def plan(
         self, principal: Principal, kind: str, action: str, *, request_id: str
@@ -186,20 +207,29 @@ class PolicyDecisionPoint:
         Raises ``AuthorizationUnavailable`` unless the reply is a plan for exactly that kind
         and action with a known filter kind.
         """
-        request = request_pb2.PlanResourcesRequest(
-            request_id=request_id,
-            action=action,
-            principal=_principal_message(principal),
-            resource=engine_pb2.PlanResourcesInput.Resource(kind=kind),
-        )
-        reply = await self._call("PlanResources", request, request_id)
-        if not isinstance(reply, response_pb2.PlanResourcesResponse):
-            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
-        if reply.resource_kind != kind or reply.action != action:
-            raise AuthorizationUnavailable("invalid_reply", "plan does not match the request")
-        if reply.filter.kind not in _KNOWN_FILTER_KINDS:
-            raise AuthorizationUnavailable("invalid_reply", "plan has no usable filter")
-        return reply
+        with tracing.decision_span(
+            tracing.PLAN_SPAN,
+            principal,
+            request_id,
+            {tracing.RESOURCE_KIND: kind, tracing.ACTION: action},
+        ) as span:
+            request = request_pb2.PlanResourcesRequest(
+                request_id=request_id,
+                action=action,
+                principal=_principal_message(principal),
+                resource=engine_pb2.PlanResourcesInput.Resource(kind=kind),
+            )
+            reply = await self._call("PlanResources", request, request_id)
+            if not isinstance(reply, response_pb2.PlanResourcesResponse):
+                raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+            span.call_id(reply.cerbos_call_id)
+            if reply.resource_kind != kind or reply.action != action:
+                raise AuthorizationUnavailable("invalid_reply", "plan does not match the request")
+            if reply.filter.kind not in _KNOWN_FILTER_KINDS:
+                raise AuthorizationUnavailable("invalid_reply", "plan has no usable filter")
+            kind_name = engine_pb2.PlanResourcesFilter.Kind.Name(reply.filter.kind)
+            span.planned(kind_name.removeprefix("KIND_"))
+            return reply
 
     async def _call(self, method: str, request: Any, request_id: str) -> Any:
         if self._stub is None:

@@ -79,12 +79,23 @@ class RecordAccess:
         self.request_id = request_id
 
     async def decide(
-        self, refs: Sequence[ResourceRef], actions: Sequence[str]
+        self,
+        refs: Sequence[ResourceRef],
+        actions: Sequence[str],
+        *,
+        must_allow: Sequence[str] = (),
     ) -> list[ResourceDecision]:
-        """One batched PDP call for every (record, action); raises ToolError if unavailable."""
+        """One batched PDP call for every (record, action); raises ToolError if unavailable.
+
+        ``must_allow``: the actions whose DENY refuses the request (traced as a denial);
+        leave empty when the answer only filters or masks.
+        """
         try:
             result = await self.pdp.check(
-                self.principal, [(ref, tuple(actions)) for ref in refs], request_id=self.request_id
+                self.principal,
+                [(ref, tuple(actions)) for ref in refs],
+                request_id=self.request_id,
+                must_allow=must_allow,
             )
         except AuthorizationUnavailable as exc:
             log.warning(
@@ -112,7 +123,7 @@ class RecordAccess:
         ``NotPermitted`` saying why. ``doing`` describes the action for that message.
         """
         actions = tuple(dict.fromkeys((VIEW, action, *also)))
-        (decision,) = await self.decide([ref], actions)
+        (decision,) = await self.decide([ref], actions, must_allow=(VIEW, action))
         if not decision.allowed(VIEW):
             raise not_found
         outcome = decision.actions[action]
