@@ -70,7 +70,10 @@ class Bench:
 
     def __enter__(self) -> Bench:
         self.pdp = start_pdp(self.cerbos, workdir=self.workdir / "pdp")
-        self.vault = start_openbao(self.bao, workdir=self.workdir / "openbao")
+        self.vault_audit = self.workdir / "openbao" / "audit.log"
+        self.vault = start_openbao(
+            self.bao, workdir=self.workdir / "openbao", audit_log=self.vault_audit
+        )
         endpoint = endpoint_from(Settings(transport="stdio", vault_address=self.vault.address))
         self.vault_admin = make_client(
             endpoint,
@@ -90,6 +93,11 @@ class Bench:
         self.issuer_http.stop()
         self.vault.process.stop()
         self.pdp.process.stop()
+
+    def vault_requests(self) -> int:
+        """Requests Vault itself has seen so far, from its own audit log."""
+        with self.vault_audit.open() as log:
+            return sum(1 for line in log if '"type":"request"' in line)
 
     def token(self, name: str) -> str:
         return self.issuer.token_for(name, audience="mcp-server-template", ttl_seconds=3 * 3600)
@@ -127,6 +135,9 @@ class Bench:
         self.servers.append(server)
         token = None if variant == "bare" else self.token("alice")
         probe = load.list_tools(token)
+        if variant == "otlp-sink":
+            wait_until(lambda: http_answers(server.url), timeout=30, what=label, interval=0.1)
+            return server
 
         def answers() -> bool:
             if not process.alive():
@@ -145,6 +156,13 @@ class Bench:
         self.servers.remove(server)
 
 
+def http_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.TransportError:
+        return False
+
+
 def median_sample(samples: list[load.Sample]) -> load.Sample:
     return sorted(samples, key=lambda s: s.per_second)[len(samples) // 2]
 
@@ -152,22 +170,42 @@ def median_sample(samples: list[load.Sample]) -> load.Sample:
 def measure_calls(
     bench: Bench, servers: dict[str, Server], calls: int, concurrency: int, repeats: int
 ) -> dict[str, load.Sample]:
-    prepared = {
-        "bare": load.call_tool("get_ticket", {"ticket_id": 1}, None),
-        "full": load.call_tool("get_ticket", {"ticket_id": 1}, bench.token("alice")),
-    }
+    authenticated = load.call_tool("get_ticket", {"ticket_id": 1}, bench.token("alice"))
+    anonymous = load.call_tool("get_ticket", {"ticket_id": 1}, None)
     runs: dict[str, list[load.Sample]] = {name: [] for name in servers}
     for _ in range(repeats):
         for name, server in servers.items():
+            prepared = anonymous if name == "bare" else authenticated
             sample = asyncio.run(
-                load.run(
-                    server.url, prepared[name.split("+")[0]], calls=calls, concurrency=concurrency
-                )
+                load.run(server.url, prepared, calls=calls, concurrency=concurrency)
             )
             if sample.errors:
                 raise RuntimeError(f"{name}: {sample.errors} failed calls")
             runs[name].append(sample)
     return {name: median_sample(samples) for name, samples in runs.items()}
+
+
+def measure_vault_requests(bench: Bench, server: Server, calls: int) -> dict[str, float]:
+    """Vault requests per tools/call at steady state, counted in Vault's audit log.
+
+    Other servers sit idle meanwhile (their identities refresh only when used), so every
+    request in the window is the measured server's.
+    """
+    alice = bench.token("alice")
+    workloads = {
+        "get_ticket": load.call_tool("get_ticket", {"ticket_id": 1}, alice),
+        "create_ticket": load.call_tool("create_ticket", {"title": "bench ticket"}, alice),
+        "get_account (masked)": load.call_tool("get_account", {"account_id": 2}, alice),
+    }
+    per_call = {}
+    for name, prepared in workloads.items():
+        asyncio.run(load.run(server.url, prepared, calls=10, concurrency=1))  # reach steady state
+        before = bench.vault_requests()
+        sample = asyncio.run(load.run(server.url, prepared, calls=calls, concurrency=1))
+        if sample.errors:
+            raise RuntimeError(f"{name}: {sample.errors} failed calls")
+        per_call[name] = (bench.vault_requests() - before) / (sample.calls + 1)  # + the warm-up
+    return per_call
 
 
 def measure_lists(
@@ -233,7 +271,17 @@ def main() -> int:
     workdir.mkdir(parents=True)
 
     with Bench(workdir, args.cerbos, args.bao) as bench:
-        servers = {"bare": bench.start("bare", "bare"), "full": bench.start("full", "full")}
+        sink = bench.start("otlp-sink", "otlp-sink")
+        traced = {
+            "MCP_OTEL_EXPORTER": "otlp",
+            "MCP_OTEL_PROTOCOL": "http/protobuf",
+            "MCP_OTEL_ENDPOINT": sink.url.removesuffix("/mcp"),
+        }
+        servers = {
+            "bare": bench.start("bare", "bare"),
+            "full": bench.start("full", "full", **traced),
+            "untraced": bench.start("untraced", "full"),
+        }
         one = measure_calls(bench, servers, args.calls // 4, 1, args.repeats)
         sixteen = measure_calls(bench, servers, args.calls, 16, args.repeats)
         full = servers["full"]
@@ -248,6 +296,7 @@ def main() -> int:
                 )
             )
         rss = full.rss_mb()
+        vault = measure_vault_requests(bench, full, calls=200)
         lists = measure_lists(bench, [10, 100, 200], lists=30, repeats=args.repeats)
 
     figures: dict[str, Any] = {
@@ -257,8 +306,14 @@ def main() -> int:
         "p99_added_ms": round(one["full"].percentile(99) - one["bare"].percentile(99), 2),
         "list100_speedup": round(lists["per_tool"][100] / lists["batched"][100], 2),
         "list200_speedup": round(lists["per_tool"][200] / lists["batched"][200], 2),
-        "vault_requests_per_call": None,
-        "tracing_overhead_ratio": None,
+        "vault_requests_per_call": round(max(vault.values()), 3),
+        "vault_requests_per_call_by_tool": {k: round(v, 3) for k, v in vault.items()},
+        "tracing_overhead_ratio": round(
+            sixteen["untraced"].per_second / sixteen["full"].per_second, 3
+        ),
+        "tracing_added_p50_ms": round(
+            one["full"].percentile(50) - one["untraced"].percentile(50), 2
+        ),
         "rss_mb_after_10k": round(rss, 1),
         "calls_per_second": {
             f"{name}_c{c}": round(sample.per_second, 1)
@@ -315,6 +370,25 @@ def render(f: dict[str, Any]) -> str:
                 lat["full_c1"]["p99"],
                 f"+{f['p99_added_ms']} ms",
             ),
+            "",
+            row("tracing (full stack)", "exporter off", "exporter on (OTLP/HTTP)", "off / on"),
+            row("---", "---", "---", "---"),
+            row(
+                "calls/s, 16 clients",
+                cps["untraced_c16"],
+                cps["full_c16"],
+                f["tracing_overhead_ratio"],
+            ),
+            row(
+                "p50 ms, 1 client",
+                lat["untraced_c1"]["p50"],
+                lat["full_c1"]["p50"],
+                f"+{f['tracing_added_p50_ms']} ms",
+            ),
+            "",
+            row("Vault requests per call (steady state)", *f["vault_requests_per_call_by_tool"]),
+            row("---", "---", "---", "---"),
+            row("", *f["vault_requests_per_call_by_tool"].values()),
             "",
             row("tools/list p50 ms", "batched check (template)", "one check per tool", "speed-up"),
             row("---", "---", "---", "---"),

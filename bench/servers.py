@@ -3,6 +3,8 @@
 - ``bare``: plain FastMCP with the same ``get_ticket`` body on the same store; no authentication,
   no authorization, no tracing. The baseline.
 - ``full``: the template exactly as ``python -m server serve`` builds it.
+- ``otlp-sink``: a collector that accepts OTLP/HTTP trace exports and drops them, so the
+  traced variant pays for exporting without the bench paying for decoding.
 - ``list-batched`` / ``list-per-tool``: the template with extra read-only tools up to ``--tools``,
   listing them with the template's one batched check, or with one PDP check per tool (as
   cerbos-fastmcp does it: a sequential ``is_allowed`` per tool).
@@ -18,6 +20,11 @@ from typing import Any
 import uvicorn
 from fastmcp import FastMCP
 from mcp.types import ToolAnnotations
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from server.app import create_http_app, create_server
 from server.authz import components
@@ -86,13 +93,28 @@ def add_report_tools(mcp: FastMCP[Any], count: int) -> None:
         )
 
 
+def otlp_sink() -> Starlette:
+    empty = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+
+    async def traces(request: Request) -> Response:
+        await request.body()
+        return Response(empty, media_type="application/x-protobuf")
+
+    return Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("variant", choices=["bare", "full", "list-batched", "list-per-tool"])
+    parser.add_argument(
+        "variant", choices=["bare", "full", "list-batched", "list-per-tool", "otlp-sink"]
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tools", type=int, default=0, help="listable tools (list variants)")
     args = parser.parse_args()
 
+    if args.variant == "otlp-sink":
+        uvicorn.run(otlp_sink(), host="127.0.0.1", port=args.port, log_level="warning")
+        return
     settings = Settings(port=args.port)  # from the environment, as for `python -m server serve`
     if args.variant == "bare":
         app: Any = bare_server(settings.database_url).http_app(path="/mcp")

@@ -261,10 +261,27 @@ def free_port_pair() -> int:
     raise OSError("no free pair of loopback ports")
 
 
+def _audit_config(workdir: Path, audit_log: Path | None) -> list[str]:
+    # Audit devices are declared in configuration only (not enabled through the API).
+    if audit_log is None:
+        return []
+    config = workdir / "audit.hcl"
+    config.write_text(f'audit "file" "main" {{\n  options {{ file_path = "{audit_log}" }}\n}}\n')
+    return [f"-config={config}"]
+
+
 def start_openbao(
-    bao: Path, *, workdir: Path, port: int | None = None, timeout: float = 30
+    bao: Path,
+    *,
+    workdir: Path,
+    port: int | None = None,
+    timeout: float = 30,
+    audit_log: Path | None = None,
 ) -> OpenBao:
     """Start ``bao server -dev`` on 127.0.0.1:port (and port + 1) with a random root token.
+
+    ``audit_log``: also write Vault's own file audit log there (one line per request and
+    response, secrets HMAC'd), e.g. to count requests where Vault sees them.
 
     HOME points into ``workdir`` and VAULT_*/BAO_* variables are not inherited, so the server
     and its CLI never touch a developer's real token file or real Vault. The root token is
@@ -286,6 +303,7 @@ def start_openbao(
             f"-dev-listen-address=127.0.0.1:{port}",
             "-dev-no-store-token",
             "-log-level=warn",
+            *_audit_config(workdir, audit_log),
         ],
         log_path=log_path,
         env={"HOME": str(workdir / "home"), "BAO_DEV_ROOT_TOKEN_ID": root_token},
