@@ -39,7 +39,9 @@ def bare_server(database_url: str) -> FastMCP[Any]:
 
     @asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
-        await store.start(seed=True)
+        # The baseline serves only get_ticket and never reads personal data, so its demo
+        # accounts need no real encryption (and it needs no Vault).
+        await store.start(seed=True, encrypt_pii=_not_encrypted)
         yield {}
         await store.close()
 
@@ -57,6 +59,10 @@ def bare_server(database_url: str) -> FastMCP[Any]:
             return TicketOut.of(row)
 
     return mcp
+
+
+async def _not_encrypted(values: Sequence[str]) -> list[str]:
+    return [f"vault:v1:baseline-has-no-vault-{i}" for i, _ in enumerate(values)]
 
 
 class PerToolListChecks(AuthorizationMiddleware):

@@ -23,6 +23,13 @@ _MAX_TEXT: Final = 2000
 _TARGET = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+[\"`]?(\w+)", re.IGNORECASE)
 
 
+def _tracer_records() -> bool:
+    """Whether spans are recorded at all (an SDK provider is installed)."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
 def instrument(engine: AsyncEngine) -> None:
     """Trace every statement ``engine`` executes, under the span that is current."""
     sync_engine = engine.sync_engine
@@ -31,6 +38,8 @@ def instrument(engine: AsyncEngine) -> None:
     def before(
         conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
     ) -> None:
+        if not trace.get_current_span().is_recording() and not _tracer_records():
+            return  # no SDK: nothing would be recorded, so build nothing
         operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
         target = _TARGET.search(statement)
         table = target.group(1) if target else ""

@@ -306,8 +306,11 @@ class Telemetry:
         self._processor = BatchSpanProcessor(
             exporter,
             max_queue_size=self.settings.otel_max_queue_size,
-            max_export_batch_size=min(512, self.settings.otel_max_queue_size),
-            schedule_delay_millis=1000,
+            # Encoding a batch runs on the export thread but holds the GIL: small, frequent
+            # batches spread that work thinly instead of stalling requests behind one large
+            # export (measured, one client: p99 44 ms with 512 / 1 s, 13 ms with 32 / 0.1 s).
+            max_export_batch_size=min(32, self.settings.otel_max_queue_size),
+            schedule_delay_millis=100,
         )
         attach(self._processor)
         log.info(

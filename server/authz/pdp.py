@@ -178,7 +178,7 @@ class PolicyDecisionPoint:
         must_allow: Collection[str],
     ) -> tuple[str, list[ResourceDecision]]:
         with tracing.decision_span(
-            tracing.CHECK_SPAN, principal, request_id, tracing.check_attributes(entries)
+            tracing.CHECK_SPAN, principal, request_id, lambda: tracing.check_attributes(entries)
         ) as span:
             request = request_pb2.CheckResourcesRequest(
                 request_id=request_id,
@@ -211,7 +211,7 @@ class PolicyDecisionPoint:
             tracing.PLAN_SPAN,
             principal,
             request_id,
-            {tracing.RESOURCE_KIND: kind, tracing.ACTION: action},
+            lambda: {tracing.RESOURCE_KIND: kind, tracing.ACTION: action},
         ) as span:
             request = request_pb2.PlanResourcesRequest(
                 request_id=request_id,

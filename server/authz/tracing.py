@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -141,28 +141,54 @@ class DecisionSpan:
         self.span.set_status(Status(StatusCode.ERROR, f"{reason}: {detail}"[:200]))
 
 
+class _NotRecording(DecisionSpan):
+    """Where no SDK records spans: every recording call is a no-op, so nothing is computed."""
+
+    def call_id(self, call_id: str) -> None:
+        pass
+
+    def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
+        pass
+
+    def planned(self, filter_kind: str) -> None:
+        pass
+
+    def failed(self, reason: DenialReason, detail: str) -> None:
+        pass
+
+
 @contextmanager
 def decision_span(
     name: str,
     principal: Principal,
     request_id: str,
-    attributes: Mapping[str, Any],
+    describe: Callable[[], Mapping[str, Any]],
 ) -> Iterator[DecisionSpan]:
-    """The span of one PDP request; a failure inside it is recorded with its reason."""
+    """The span of one PDP request; a failure inside it is recorded with its reason.
+
+    ``describe`` gives the request's own attributes; it runs only when the span records.
+    """
     started = time.perf_counter()
-    with _tracer.start_as_current_span(
-        name,
-        kind=SpanKind.INTERNAL,
-        attributes={
+    # Exception messages can quote PDP replies; the reason says what happened.
+    span = _tracer.start_span(
+        name, kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
+    )
+    if not span.is_recording():
+        # No SDK (MCP_OTEL_EXPORTER=none): skip building attributes and events entirely. The
+        # current context still carries the caller's trace, which the PDP continues.
+        yield _NotRecording(span)
+        return
+    span.set_attributes(
+        {
             PRINCIPAL_ID: principal.id,
             PRINCIPAL_ROLES: list(principal.roles),
             REQUEST_ID: request_id,
-            **attributes,
-        },
-        # Exception messages can quote PDP replies; the reason says what happened.
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+            **describe(),
+        }
+    )
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
         recorder = DecisionSpan(span)
         try:
             yield recorder
