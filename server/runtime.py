@@ -23,7 +23,7 @@ from server.pii import PII_IDENTITY, PII_KEY
 from server.settings import Settings
 from server.settings_vault import with_vault_secrets
 from server.store import Store
-from server.telemetry import Telemetry, grpc_client_interceptors
+from server.telemetry import Telemetry
 from server.vault import SecretsUnavailable, VaultStartupError
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,6 @@ def build_runtime(settings: Settings) -> Runtime:
         timeout_seconds=settings.pdp_timeout_seconds,
         max_resources_per_request=settings.pdp_max_resources_per_request,
         tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
-        # The trace context travels to the PDP as gRPC metadata; the PDP continues the trace.
-        interceptors=grpc_client_interceptors(),
     )
     return Runtime(
         settings=settings,

@@ -27,12 +27,11 @@ import logging
 import sys
 import threading
 import uuid
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
     Event,
@@ -336,17 +335,6 @@ class Telemetry:
 
 
 # --- instrumentation ------------------------------------------------------------------------------
-
-
-def grpc_client_interceptors() -> list[Any]:
-    """Interceptors for the PDP channel: a CLIENT span per RPC and the trace context as gRPC
-    metadata, so the PDP continues the trace.
-
-    Passed to the channel explicitly rather than by ``GrpcAioInstrumentorClient``, which patches
-    ``grpc.aio`` for the whole process and only affects channels built after it ran.
-    """
-    interceptors: list[Any] = aio_client_interceptors()  # type: ignore[no-untyped-call]
-    return interceptors
 
 
 class HttpTraceContext:

@@ -8,7 +8,8 @@ describe exactly the resources and actions we asked about is treated as an outag
 ALLOW.
 
 Every RPC is one ``authz.check`` / ``authz.plan`` span (``server.authz.tracing``) recording each
-decision in it, and the channel's interceptors carry the trace context to the PDP.
+decision in it, and every RPC carries the trace context (W3C ``traceparent``) as gRPC metadata, so
+the PDP's own spans continue the trace under that decision span.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cerbos.request.v1 import request_pb2
 from cerbos.response.v1 import response_pb2
 from cerbos.svc.v1 import svc_pb2_grpc
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import propagate
 
 from server.authz import tracing
 from server.authz.errors import AuthorizationUnavailable, FailureReason
@@ -111,13 +113,11 @@ class PolicyDecisionPoint:
         timeout_seconds: float,
         max_resources_per_request: int,
         tls_ca: bytes | None = None,
-        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.address = address
         self.timeout_seconds = timeout_seconds
         self.max_resources_per_request = max_resources_per_request
         self._tls_ca = tls_ca
-        self._interceptors = list(interceptors)
         self._channel: grpc.aio.Channel | None = None
         self._stub: svc_pb2_grpc.CerbosServiceStub | None = None
 
@@ -125,13 +125,9 @@ class PolicyDecisionPoint:
         """Open the channel. Must run inside the loop that will use it (grpc.aio binds to it)."""
         if self._tls_ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=self._tls_ca)
-            self._channel = grpc.aio.secure_channel(
-                self.address, creds, options=_CHANNEL_OPTIONS, interceptors=self._interceptors
-            )
+            self._channel = grpc.aio.secure_channel(self.address, creds, options=_CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.insecure_channel(
-                self.address, options=_CHANNEL_OPTIONS, interceptors=self._interceptors
-            )
+            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
         self._stub = svc_pb2_grpc.CerbosServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -238,11 +234,7 @@ class PolicyDecisionPoint:
         try:
             # A per-call deadline is exact (unlike a service-config timeout) and is propagated
             # to the PDP, which abandons work nobody waits for.
-            return await rpc(
-                request,
-                timeout=self.timeout_seconds,
-                metadata=(("x-request-id", request_id),),
-            )
+            return await rpc(request, timeout=self.timeout_seconds, metadata=_metadata(request_id))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -252,6 +244,14 @@ class PolicyDecisionPoint:
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise AuthorizationUnavailable("invalid_request", exc.details() or "") from None
             raise AuthorizationUnavailable("pdp_unavailable", code.name) from None
+
+
+def _metadata(request_id: str) -> tuple[tuple[str, str], ...]:
+    """The request id for the PDP's decision log, and the current trace context (the decision
+    span's, or the caller's when nothing records) for the PDP's spans."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return (("x-request-id", request_id), *carrier.items())
 
 
 @functools.lru_cache(maxsize=4096)
