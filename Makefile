@@ -32,7 +32,7 @@ install: $(VENV)/.installed ## Create the virtualenv and install pinned dependen
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,postgres]'
 	@touch $@
 
 tools: $(CERBOS) $(BAO) ## Install the pinned Cerbos PDP (.tools/) and OpenBao (.venv/bin/bao)

@@ -47,7 +47,11 @@ class Runtime:
             self.settings = await asyncio.to_thread(with_vault_secrets, self.settings, reader)
             production_guard.enforce(self.settings, facts)
             # Demo accounts' contact details are encrypted through the accounts identity.
-            await self.store.start(seed=self.settings.seed_demo_data, encrypt_pii=self._encrypt_pii)
+            await self.store.start(
+                seed=self.settings.seed_demo_data,
+                encrypt_pii=self._encrypt_pii,
+                password=self.settings.database_password,
+            )
         except (VaultStartupError, production_guard.ProductionGuardError) as refused:
             log.error("startup refused: %s", refused)
             await self.close()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastmcp.exceptions import ToolError
+from pydantic import SecretStr
 from sqlalchemy import CheckConstraint, ForeignKey, String, Text, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -163,10 +164,22 @@ class Store:
             raise RuntimeError("store not started")
         return self._engine
 
-    async def start(self, *, seed: bool, encrypt_pii: Encrypt | None = None) -> None:
+    async def start(
+        self,
+        *,
+        seed: bool,
+        encrypt_pii: Encrypt | None = None,
+        password: SecretStr | None = None,
+    ) -> None:
         """Create the schema; with ``seed``, add demo rows to empty tables, encrypting their
-        personal data with ``encrypt_pii`` (the accounts identity's transit encryption)."""
+        personal data with ``encrypt_pii`` (the accounts identity's transit encryption).
+
+        ``password`` (from Vault, never from the URL in configuration) is used for a database
+        server's user; SQLite has none.
+        """
         url = make_url(self.url)
+        if password is not None and url.get_backend_name() != "sqlite":
+            url = url.set(password=password.get_secret_value())
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             # SQLite has one writer at a time; a write (a change plus its signed outbox row) waits

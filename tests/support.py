@@ -168,7 +168,10 @@ def start_server(
     reached = ReachedTool()
     mcp.add_middleware(reached)  # added last = innermost: runs only after authorization
     http = UvicornThread(RecordHTTP(create_http_app(mcp, settings)), port=settings.port).start()
-    db_path = Path(settings.database_url.split("///", 1)[1])
+    # The SQLite file the DB helpers inspect (servers on another database have none).
+    db_path = (
+        Path(settings.database_url.split("///", 1)[1]) if "///" in settings.database_url else Path()
+    )
     return RunningServer(settings, mcp, http, db_path, reached, token, runtime)
 
 
