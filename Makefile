@@ -22,7 +22,7 @@ BAO := $(BIN)/bao
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools dev token identities test lint policy-test unit bench clean
+.PHONY: help install tools dev token identities test lint policy-test unit bench compose-up compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -82,6 +82,18 @@ test: lint policy-test unit ## Everything CI runs
 
 bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
 	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO)
+
+COMPOSE := docker compose -f compose/docker-compose.yaml
+
+compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector, trace UI, server)
+	@mkdir -p compose/.secrets
+	@test -s compose/.secrets/bao-root-token || (umask 077 && $(PYTHON) -c \
+		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/bao-root-token)
+	$(COMPOSE) up --build
+
+compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice
+	@test -n "$(user)" || { echo "usage: make compose-token user=<name>" >&2; exit 2; }
+	@$(COMPOSE) exec -T issuer python -m server token "$(user)"
 
 clean: ## Remove local state (.dev/); keeps the virtualenv and tools
 	rm -rf .dev

@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument(
         "--out-dir", type=Path, help="default: the directory of MCP_VAULT_ROLE_ID_FILE"
     )
+    boot.add_argument(
+        "--database-password-file",
+        type=Path,
+        help="also write the database password (generated in Vault) to this file, mode 0600, "
+        "for a database server that is being created alongside (compose)",
+    )
     ident = commands.add_parser("identities", help="print the identity table read from Vault")
     source = ident.add_mutually_exclusive_group(required=True)
     source.add_argument("--admin-token-file", type=Path, help="review the Vault at the address")
@@ -78,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         return _run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
     if args.command == "vault-bootstrap":
-        return _vault_bootstrap(settings, args.admin_token_file, args.out_dir)
+        return _vault_bootstrap(
+            settings, args.admin_token_file, args.out_dir, args.database_password_file
+        )
     if args.command == "identities":
         return _identities(settings, args.admin_token_file, args.bao)
     return _serve(settings)
@@ -100,8 +108,13 @@ def _read_token_file(path: Path) -> str:
     return token
 
 
-def _vault_bootstrap(settings: Settings, admin_token_file: Path, out_dir: Path | None) -> int:
-    from server.vault_bootstrap import BootstrapConfig, bootstrap
+def _vault_bootstrap(
+    settings: Settings,
+    admin_token_file: Path,
+    out_dir: Path | None,
+    database_password_file: Path | None = None,
+) -> int:
+    from server.vault_bootstrap import BootstrapConfig, bootstrap, export_database_password
 
     admin = _admin_client(settings, _read_token_file(admin_token_file))
     result = bootstrap(
@@ -120,6 +133,9 @@ def _vault_bootstrap(settings: Settings, admin_token_file: Path, out_dir: Path |
     for item in result.unchanged:
         print(f"unchanged  {item}")
     print(f"credential {result.role_id_file} + {result.wrapped_secret_id_file}")
+    if database_password_file is not None:
+        export_database_password(admin, database_password_file, kv_mount=settings.vault_kv_mount)
+        print(f"database password written to {database_password_file}")
     return 0
 
 

@@ -44,9 +44,11 @@ def _random_key() -> str:
 
 # KV v2 secrets the demo needs, by path: key -> generator of a random value. Names only; the
 # values exist only in Vault.
+DATABASE_SECRET_PATH: Final = "mcp/server"  # noqa: S105 - a Vault path, not a value
+DATABASE_PASSWORD_KEY: Final = "database_password"  # noqa: S105 - a key name
 DEMO_SECRETS: Final[dict[str, dict[str, Callable[[], str]]]] = {
     "tools/tickets/notifications": {"signing_key": _random_key},
-    "mcp/server": {"database_password": _random_key},
+    DATABASE_SECRET_PATH: {DATABASE_PASSWORD_KEY: _random_key},
 }
 TRANSIT_KEYS: Final = {"accounts": "aes256-gcm96"}
 
@@ -224,3 +226,12 @@ def _write_private(path: Path, content: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def export_database_password(admin: hvac.Client, path: Path, *, kv_mount: str = "secret") -> None:
+    """Write the database password Vault holds to ``path`` (0600), for a database server that is
+    initialised from a file (e.g. a compose service). The server itself reads it from Vault."""
+    secret = admin.secrets.kv.v2.read_secret_version(
+        path=DATABASE_SECRET_PATH, mount_point=kv_mount, raise_on_deleted_version=True
+    )
+    _write_private(path, str(secret["data"]["data"][DATABASE_PASSWORD_KEY]))

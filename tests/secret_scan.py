@@ -28,7 +28,8 @@ SECRET_KEY = re.compile(
 # Keys that name where a secret lives or how it behaves, not the secret itself.
 NAMING_KEY = re.compile(r"(_file|_path|_dir|_url|_address|_mount|_ttl|_type|_role|_prefix)$", re.I)
 ASSIGNMENT = re.compile(
-    r"""^[\s{,]*["']?(?P<key>[A-Za-z0-9_.-]+)["']?\s*(?:=|:)\s*["']?"""
+    # Key and value on one line: a key ending a line (a YAML mapping or list) has no value.
+    r"""^[ \t{,]*["']?(?P<key>[A-Za-z0-9_.-]+)["']?[ \t]*(?:=|:)[ \t]*["']?"""
     r"""(?P<value><[^>]*>|\$\{[^}]*\}|[^"'#\s,]*)""",
     re.M,
 )

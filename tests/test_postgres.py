@@ -22,6 +22,7 @@ from server.dev_issuer import demo_principals
 from server.devstack import PDP, ManagedProcess, free_port, spawn, wait_until
 from server.principal import principal_from_claims
 from server.settings import Settings
+from server.vault_bootstrap import export_database_password
 from tests.support import RunningServer, start_server
 from tools import tickets
 
@@ -118,11 +119,12 @@ def postgres(vault_admin: hvac.Client) -> Iterator[tuple[Postgres, str]]:
     # its own user when the tests run as root.
     workdir = Path(tempfile.mkdtemp(prefix="mcp-postgres-"))
     database = Postgres(workdir)
-    # The application user's password exists only in Vault (seeded by the bootstrap).
-    secret = vault_admin.secrets.kv.v2.read_secret_version(
-        path="mcp/server", mount_point="secret", raise_on_deleted_version=True
-    )
-    password = secret["data"]["data"]["database_password"]
+    # The application user's password exists only in Vault (seeded by the bootstrap); the
+    # database gets it the way compose gives it to its PostgreSQL: exported to a 0600 file.
+    password_file = workdir / "db-password"
+    export_database_password(vault_admin, password_file)
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
     database.sql(f"CREATE ROLE mcp LOGIN PASSWORD '{password}'")
     database.sql("CREATE DATABASE mcp OWNER mcp")
     yield database, password
