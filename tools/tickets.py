@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
@@ -149,6 +151,30 @@ def queue_notification(
     )
 
 
+@dataclass(frozen=True)
+class Change:
+    """One authorized change of a ticket: the record decision, the change and its signed
+    notification, in one transaction (all or nothing)."""
+
+    store: Store
+    access: RecordAccess
+    identity: ToolIdentity
+    caller: Principal
+
+    async def __call__(
+        self, ticket_id: int, action: str, event: str, apply: Callable[[Ticket], None]
+    ) -> TicketOut:
+        key = await signing_key(self.identity)  # before the transaction: Vault never holds a lock
+        async with self.store.transaction() as session:
+            ticket = await authorized(
+                session, self.access, ticket_id, action, f"{action} ticket {ticket_id}"
+            )
+            apply(ticket)
+            queue_notification(session, key, ticket, event, self.caller.id)
+            await session.flush()
+            return TicketOut.of(ticket)
+
+
 def register(mcp: FastMCP) -> None:
     tags = {"tickets"}
 
@@ -262,16 +288,13 @@ def register(mcp: FastMCP) -> None:
         changes = {k: v for k, v in fields.items() if v is not None}
         if not changes:
             raise ToolError("Nothing to update: give at least one field to change.")
-        key = await signing_key(identity)  # before the transaction: Vault never holds a lock
-        async with store.transaction() as session:
-            ticket = await authorized(
-                session, access, ticket_id, "update", f"update ticket {ticket_id}"
-            )
+
+        def apply(ticket: Ticket) -> None:
             for field, value in changes.items():
                 setattr(ticket, field, value)
-            queue_notification(session, key, ticket, "updated", caller.id)
-            await session.flush()
-            return TicketOut.of(ticket)
+
+        change = Change(store, access, identity, caller)
+        return await change(ticket_id, "update", "updated", apply)
 
     @mcp.tool(tags=tags, meta=META, annotations=WRITES)
     async def assign_ticket(
@@ -289,16 +312,13 @@ def register(mcp: FastMCP) -> None:
         caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Assign a ticket to an agent and mark it in progress."""
-        key = await signing_key(identity)
-        async with store.transaction() as session:
-            ticket = await authorized(
-                session, access, ticket_id, "assign", f"assign ticket {ticket_id}"
-            )
+
+        def apply(ticket: Ticket) -> None:
             ticket.assignee = assignee
             ticket.status = "in_progress"
-            queue_notification(session, key, ticket, "assigned", caller.id)
-            await session.flush()
-            return TicketOut.of(ticket)
+
+        change = Change(store, access, identity, caller)
+        return await change(ticket_id, "assign", "assigned", apply)
 
     @mcp.tool(tags=tags, meta=META, annotations=WRITES)
     async def close_ticket(
@@ -317,16 +337,13 @@ def register(mcp: FastMCP) -> None:
         caller: Principal = Depends(get_principal),
     ) -> TicketOut:
         """Close a ticket with a resolution note."""
-        key = await signing_key(identity)
-        async with store.transaction() as session:
-            ticket = await authorized(
-                session, access, ticket_id, "close", f"close ticket {ticket_id}"
-            )
+
+        def apply(ticket: Ticket) -> None:
             ticket.status = "closed"
             ticket.resolution = resolution
-            queue_notification(session, key, ticket, "closed", caller.id)
-            await session.flush()
-            return TicketOut.of(ticket)
+
+        change = Change(store, access, identity, caller)
+        return await change(ticket_id, "close", "closed", apply)
 
     @mcp.tool(tags=tags, meta=META, annotations=DESTRUCTIVE)
     async def delete_ticket(

@@ -171,41 +171,38 @@ class AuthorizationMiddleware(Middleware):
     ) -> Any:
         name = context.message.name
         tool = await _server(context).get_tool(name)
-        ref = (
-            components.tool_resource(tool)
-            if tool
-            else components.unregistered_resource("tool", name)
-        )
-        await self._require(ref, "tool", name, found=tool is not None)
+        await self._require("tool", name, tool, components.tool_resource)
         return await call_next(context)
 
     async def check_resource_access(self, context: MiddlewareContext[Any]) -> None:
         uri = str(context.message.uri)
         server = _server(context)
         resource = await server.get_resource(uri) or await server.get_resource_template(uri)
-        ref = (
-            components.resource_resource(resource)
-            if resource
-            else components.unregistered_resource("resource", uri)
-        )
-        await self._require(ref, "resource", uri, found=resource is not None)
+        await self._require("resource", uri, resource, components.resource_resource)
 
     async def on_get_prompt(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
     ) -> Any:
         name = context.message.name
         prompt = await _server(context).get_prompt(name)
-        ref = (
-            components.prompt_resource(prompt)
-            if prompt
-            else components.unregistered_resource("prompt", name)
-        )
-        await self._require(ref, "prompt", name, found=prompt is not None)
+        await self._require("prompt", name, prompt, components.prompt_resource)
         return await call_next(context)
 
     async def _require(
-        self, ref: ResourceRef, component_type: ComponentType, name: str, *, found: bool
+        self,
+        component_type: ComponentType,
+        name: str,
+        component: C | None,
+        to_ref: Callable[[C], ResourceRef],
     ) -> None:
+        """Allow using ``component`` or raise "not found". An unregistered name (``component``
+        None) is asked about all the same, so it takes the path and the time of a real one."""
+        found = component is not None
+        ref = (
+            to_ref(component)
+            if component is not None
+            else components.unregistered_resource(component_type, name)
+        )
         action = components.USE_ACTION[component_type]
         # The name goes on the server span even for a refusal; an implausible one (it could
         # be anything a client sent) is recorded as "unregistered".
