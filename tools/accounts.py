@@ -15,7 +15,8 @@ changes nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
@@ -179,6 +180,26 @@ async def viewable(
     return AccountOut.of(account, contacts=await contacts_for(identity, account, decision))
 
 
+@dataclass(frozen=True)
+class Change:
+    """One authorized change of an account, returned as the caller may see it, in one
+    transaction: if Vault cannot decrypt the contacts afterwards, the change is rolled back."""
+
+    store: Store
+    access: RecordAccess
+    identity: ToolIdentity
+
+    async def __call__(
+        self, account_id: int, action: str, doing: str, apply: Callable[[Account], None]
+    ) -> AccountOut:
+        async with self.store.transaction() as session:
+            account, decision = await authorized(session, self.access, account_id, action, doing)
+            apply(account)
+            await session.flush()
+            contacts = await contacts_for(self.identity, account, decision)
+            return AccountOut.of(account, contacts=contacts)
+
+
 def register(mcp: FastMCP) -> None:
     tags = {"accounts"}
 
@@ -226,19 +247,14 @@ def register(mcp: FastMCP) -> None:
         identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountOut:
         """Move an active account to another plan (upgrade or downgrade)."""
-        async with store.transaction() as session:
-            account, decision = await authorized(
-                session,
-                access,
-                account_id,
-                "update_plan",
-                f"change the plan of account {account_id}",
-            )
+
+        def apply(account: Account) -> None:
             account.plan = plan
-            await session.flush()
-            # Inside the transaction: if Vault cannot decrypt, the change is rolled back.
-            contacts = await contacts_for(identity, account, decision)
-            return AccountOut.of(account, contacts=contacts)
+
+        change = Change(store, access, identity)
+        return await change(
+            account_id, "update_plan", f"change the plan of account {account_id}", apply
+        )
 
     @mcp.tool(tags=tags | {"billing", "money_movement"}, meta=RESTRICTED, annotations=WRITES)
     async def issue_refund(
@@ -316,14 +332,12 @@ def register(mcp: FastMCP) -> None:
         identity: ToolIdentity = Depends(tool_identity(PII_IDENTITY)),
     ) -> AccountOut:
         """Suspend an active account: the customer loses access until it is reactivated."""
-        async with store.transaction() as session:
-            account, decision = await authorized(
-                session, access, account_id, "suspend", f"suspend account {account_id}"
-            )
+
+        def apply(account: Account) -> None:
             account.status = "suspended"
-            await session.flush()
-            contacts = await contacts_for(identity, account, decision)  # failure: rolled back
-            return AccountOut.of(account, contacts=contacts)
+
+        change = Change(store, access, identity)
+        return await change(account_id, "suspend", f"suspend account {account_id}", apply)
 
     @mcp.tool(tags=tags, meta=RESTRICTED, annotations=DESTRUCTIVE)
     async def delete_account(
