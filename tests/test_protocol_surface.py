@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -145,6 +146,42 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
     assert json_depth(b'{"a": "\\"[[[["}') == 1
     assert json_depth(b"[]") == 1
     assert json_depth(b"") == 0
+    assert json_depth(b'["unterminated [[[') == 1
+    assert json_depth(b'[["\\\\"]') == 2  # an escaped backslash ends before the quote
+
+
+def hostile_bodies(size: int) -> dict[str, bytes]:
+    """Bodies at the size limit that made a backtracking string scan quadratic."""
+    return {
+        "unterminated string of escaped quotes": b'"' + b'\\"' * ((size - 1) // 2),
+        "quote-backslash pairs": b'"\\' * (size // 2),
+        "escaped quotes ending in a lone backslash": b'"\\"' * ((size - 1) // 3) + b"\\",
+    }
+
+
+def test_hostile_unauthenticated_bodies_are_refused_while_others_are_served(
+    server: RunningServer,
+) -> None:
+    """Work before authentication is linear: bodies of escapes and unterminated strings at the
+    size limit get their refusal at once, and a caller with a token is served meanwhile (a
+    quadratic scan held the event loop for minutes per body)."""
+    session = RawSession(server, "alice")
+    answers: dict[str, int] = {}
+
+    def send(name: str, body: bytes) -> None:
+        answers[name] = httpx.post(
+            server.url, content=body, headers=HEADERS, timeout=10
+        ).status_code
+
+    bodies = hostile_bodies(server.settings.max_body_bytes)
+    threads = [threading.Thread(target=send, args=item) for item in bodies.items()]
+    for thread in threads:
+        thread.start()
+    # Served while the hostile bodies are in flight; each request times out after 10 s.
+    assert session.request("ping")["result"] == {}
+    for thread in threads:
+        thread.join(timeout=15)
+    assert answers == dict.fromkeys(bodies, 401)
 
 
 # --- stdio ---------------------------------------------------------------------------------------
