@@ -22,7 +22,7 @@ BAO := $(BIN)/bao
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools dev token identities test lint policy-test unit bench compose-up compose-token clean
+.PHONY: help install tools dev token identities generate test lint policy-test unit e2e bench compose-up compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,17 +57,20 @@ $(CERBOS):
 	@$(CERBOS) --version | head -n 1
 
 dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
-	$(BIN)/python -m server $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) \
+	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) \
 		--pdp-http-port $(PDP_HTTP_PORT)
 
 token: install ## Print a bearer token for a demo principal: make token user=alice
 	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
-	@$(BIN)/python -m server $(DEV_ENV) token "$(user)"
+	@$(BIN)/python -m ops $(DEV_ENV) token "$(user)"
 
 identities: install tools ## Print each Vault identity, its policies and reachable paths, read from Vault
-	@$(BIN)/python -m server $(DEV_ENV) identities --bao $(BAO)
+	@$(BIN)/python -m ops $(DEV_ENV) identities --bao $(BAO)
 
-lint: install ## ruff + mypy (strict on server/)
+generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)
+	$(BIN)/python -m ops generate
+
+lint: install ## ruff + mypy (strict on server/, tools/, ops/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -75,10 +78,13 @@ lint: install ## ruff + mypy (strict on server/)
 policy-test: tools ## Compile the Cerbos policies and run their test suites
 	$(CERBOS) compile --color=never policies
 
-unit: install tools ## Unit and integration tests (real PDP and real OpenBao on free ports)
-	CERBOS_BIN=$(abspath $(CERBOS)) BAO_BIN=$(abspath $(BAO)) $(BIN)/pytest -q
+unit: install ## The in-process unit tier: seconds, no PDP, Vault or database server
+	$(BIN)/pytest -q tests/unit
 
-test: lint policy-test unit ## Everything CI runs
+e2e: install tools ## The end-to-end tier: real PDP, OpenBao and PostgreSQL on free ports
+	CERBOS_BIN=$(abspath $(CERBOS)) BAO_BIN=$(abspath $(BAO)) $(BIN)/pytest -q tests/e2e
+
+test: lint policy-test unit e2e ## Everything CI runs
 
 bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
 	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO)
@@ -93,7 +99,7 @@ compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector,
 
 compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice
 	@test -n "$(user)" || { echo "usage: make compose-token user=<name>" >&2; exit 2; }
-	@$(COMPOSE) exec -T issuer python -m server token "$(user)"
+	@$(COMPOSE) exec -T issuer python -m ops token "$(user)"
 
 clean: ## Remove local state (.dev/); keeps the virtualenv and tools
 	rm -rf .dev

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 
 from bench import load
-from server.dev_issuer import DevIssuer
-from server.devstack import (
+from ops.dev_issuer import DevIssuer
+from ops.devstack import (
     ROOT,
     ManagedProcess,
     UvicornThread,
@@ -34,10 +34,11 @@ from server.devstack import (
     start_pdp,
     wait_until,
 )
-from server.identities import endpoint_from
+from ops.vault_bootstrap import bootstrap, deliver_server_credential
+from server.capability import registry
 from server.settings import Settings
-from server.vault import ClientLabel, VaultRequestLog, make_client
-from server.vault_bootstrap import bootstrap, deliver_server_credential
+from server.vault.client import ClientLabel, VaultRequestLog, make_client
+from server.vault.identities import endpoint_from
 
 TARGETS = {
     "throughput_ratio_16": (">=", 0.85),
@@ -81,7 +82,11 @@ class Bench:
             label=ClientLabel("admin"),
             requests_log=VaultRequestLog(),
         )
-        bootstrap(self.vault_admin, out_dir=self.workdir / "credential")
+        bootstrap(
+            self.vault_admin,
+            out_dir=self.workdir / "credential",
+            capabilities=registry.load("tools"),
+        )
         issuer_port = free_port()
         self.issuer = DevIssuer(self.workdir / "issuer", f"http://127.0.0.1:{issuer_port}")
         self.issuer_http = UvicornThread(self.issuer.asgi_app(), port=issuer_port).start()

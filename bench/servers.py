@@ -30,8 +30,9 @@ from server.app import create_http_app, create_server
 from server.authz import components
 from server.authz.middleware import AuthorizationMiddleware
 from server.settings import Settings
-from server.store import Store, Ticket
-from tools.tickets import TicketId, TicketOut
+from server.store.core import Store
+from tools.tickets.models import Ticket, TicketId, TicketOut
+from tools.tickets.seed import demo_tickets
 
 
 def bare_server(database_url: str) -> FastMCP[Any]:
@@ -39,9 +40,9 @@ def bare_server(database_url: str) -> FastMCP[Any]:
 
     @asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
-        # The baseline serves only get_ticket and never reads personal data, so its demo
-        # accounts need no real encryption (and it needs no Vault).
-        await store.start(seed=True, encrypt_pii=_not_encrypted)
+        # The baseline serves only get_ticket: the tickets' table and demo rows, no Vault.
+        await store.start(tables=[Ticket.__table__])  # type: ignore[list-item]
+        await store.seed_if_empty([Ticket.__table__], lambda: demo_tickets(None))  # type: ignore[list-item,arg-type]
         yield {}
         await store.close()
 
@@ -59,10 +60,6 @@ def bare_server(database_url: str) -> FastMCP[Any]:
             return TicketOut.of(row)
 
     return mcp
-
-
-async def _not_encrypted(values: Sequence[str]) -> list[str]:
-    return [f"vault:v1:baseline-has-no-vault-{i}" for i, _ in enumerate(values)]
 
 
 class PerToolListChecks(AuthorizationMiddleware):

@@ -4,9 +4,10 @@ Built (without I/O) by ``build_runtime``; connections are opened inside the runn
 because the async gRPC channel binds to the loop that creates it. Telemetry starts first and
 closes last, so the PDP channel's first RPC and the shutdown's last spans are exported too.
 
-Startup order matters: Vault first (the server's login and every identity), then the settings
-that come from Vault, then the production guard on what was actually obtained, and only then the
-store. Any failure stops startup: the server never becomes ready without its secrets.
+Startup order matters: Vault first (the server's login and every capability's identity), then
+the settings that come from Vault, then the production guard on what was actually obtained, and
+only then the store: the registered capabilities' tables, and their demo rows where empty. Any
+failure stops startup: the server never becomes ready without its secrets.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
-from server import production_guard
+from sqlalchemy import Table
+
+from server.authz.confirmation import ConfirmationUse
 from server.authz.pdp import PolicyDecisionPoint
-from server.identities import Identities
-from server.pii import PII_IDENTITY, PII_KEY
+from server.capability import registry
+from server.capability.declaration import Capability, SeedContext
 from server.settings import Settings
-from server.settings_vault import with_vault_secrets
-from server.store import Store
-from server.telemetry import Telemetry
-from server.vault import SecretsUnavailable, VaultStartupError
+from server.store.core import Base, Store
+from server.telemetry.setup import Telemetry
+from server.vault import production_guard
+from server.vault.client import SecretsUnavailable, VaultStartupError
+from server.vault.identities import Identities
+from server.vault.settings_source import with_vault_secrets
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
+    capabilities: Sequence[Capability]
     store: Store
     pdp: PolicyDecisionPoint
     identities: Identities
@@ -46,12 +54,9 @@ class Runtime:
             # The settings source is synchronous (pydantic-settings) and does HTTP: off the loop.
             self.settings = await asyncio.to_thread(with_vault_secrets, self.settings, reader)
             production_guard.enforce(self.settings, facts)
-            # Demo accounts' contact details are encrypted through the accounts identity.
-            await self.store.start(
-                seed=self.settings.seed_demo_data,
-                encrypt_pii=self._encrypt_pii,
-                password=self.settings.database_password,
-            )
+            await self.store.start(tables=self.tables, password=self.settings.database_password)
+            if self.settings.seed_demo_data:
+                await self._seed()
         except (VaultStartupError, production_guard.ProductionGuardError) as refused:
             log.error("startup refused: %s", refused)
             await self.close()
@@ -67,8 +72,23 @@ class Runtime:
             await self.close()
             raise
 
-    async def _encrypt_pii(self, plaintexts: Sequence[str]) -> list[str]:
-        return await self.identities.tool(PII_IDENTITY).encrypt(PII_KEY, plaintexts)
+    @property
+    def tables(self) -> list[Table]:
+        """The runtime's own tables and every registered capability's."""
+        models: list[type[Base]] = [ConfirmationUse]
+        models += [m for c in self.capabilities for m in c.models]
+        return [cast(Table, model.__table__) for model in models]
+
+    async def _seed(self) -> None:
+        """Each capability's demo rows, where all of its tables are still empty."""
+        for capability in self.capabilities:
+            seed = capability.seed
+            if seed is None:
+                continue
+            identity = self.identities.tool(capability.identity) if capability.identity else None
+            tables = [cast(Table, model.__table__) for model in capability.models]
+            if await self.store.seed_if_empty(tables, partial(seed, SeedContext(identity))):
+                log.info("seeded the demo rows of %s", capability.name)
 
     async def close(self) -> None:
         await self.store.close()
@@ -77,7 +97,10 @@ class Runtime:
         await self.telemetry.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None = None) -> Runtime:
+    """The runtime for ``capabilities`` (default: those ``settings.capabilities`` names)."""
+    if capabilities is None:
+        capabilities = registry.load(settings.capabilities)
     pdp = PolicyDecisionPoint(
         settings.pdp_address,
         timeout_seconds=settings.pdp_timeout_seconds,
@@ -86,8 +109,9 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     return Runtime(
         settings=settings,
+        capabilities=tuple(capabilities),
         store=Store(settings.database_url),
         pdp=pdp,
-        identities=Identities(settings),
+        identities=Identities(settings, registry.identities(capabilities)),
         telemetry=Telemetry(settings),
     )

@@ -18,8 +18,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from server.principal import Principal
-from server.settings_vault import FromVault, VaultSettingsSource, active_vault_reader
+from server.edge.principal import Principal
+from server.vault.settings_source import FromVault, VaultSettingsSource, active_vault_reader
 
 
 class Settings(BaseSettings):
@@ -30,89 +30,172 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    environment: Literal["development", "production"] = "development"
-    server_name: str = "mcp-server-template"
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`production` turns on the production guard (no root token, no dev Vault, "
+        "TLS to Vault, no placeholder secrets).",
+    )
+    server_name: str = Field(
+        default="mcp-server-template", description="The server's name in MCP and in spans."
+    )
 
     # --- transport and HTTP edge -------------------------------------------------------------
-    transport: Literal["http", "stdio"] = "http"
-    host: str = "127.0.0.1"
-    port: int = Field(
-        default=8000, ge=0, le=65535, validation_alias=AliasChoices("PORT", "MCP_PORT")
+    transport: Literal["http", "stdio"] = Field(
+        default="http", description="`http` (streamable HTTP) or `stdio`."
     )
-    path: str = "/mcp"
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("PORT", "MCP_PORT"),
+        description="HTTP port (also read from `PORT`).",
+    )
+    path: str = Field(default="/mcp", description="Path of the MCP endpoint.")
     public_base_url: str | None = Field(
         default=None,
         description="Canonical URL clients use to reach this server (defaults to http://host:port).",
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Host headers accepted besides loopback (DNS-rebinding guard).",
+        description="Host headers accepted besides loopback (DNS-rebinding guard), JSON list.",
     )
     allowed_origins: list[str] = Field(
-        default_factory=list, description="Browser origins accepted besides same-origin."
+        default_factory=list,
+        description="Browser origins accepted besides same-origin, JSON list.",
     )
-    max_body_bytes: int = Field(default=256 * 1024, gt=0)
-    max_json_depth: int = Field(default=32, gt=1)
+    max_body_bytes: int = Field(
+        default=256 * 1024, gt=0, description="Largest request body accepted (413 beyond)."
+    )
+    max_json_depth: int = Field(
+        default=32, gt=1, description="Deepest JSON nesting accepted (400 beyond)."
+    )
 
     # --- authentication (bearer JWTs) ----------------------------------------------------------
-    auth_jwks_url: str | None = None
-    auth_issuer: str | None = None
-    auth_audience: str = "mcp-server-template"
-    auth_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"] = "RS256"
-    auth_clock_skew_seconds: int = Field(default=30, ge=0, le=300)
+    auth_jwks_url: str | None = Field(
+        default=None, description="JWKS URL of your identity provider (required for HTTP)."
+    )
+    auth_issuer: str | None = Field(
+        default=None, description="The `iss` tokens must carry (required for HTTP)."
+    )
+    auth_audience: str = Field(
+        default="mcp-server-template", description="The `aud` tokens must carry."
+    )
+    auth_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"] = Field(
+        default="RS256", description="The only signing algorithm accepted."
+    )
+    auth_clock_skew_seconds: int = Field(
+        default=30, ge=0, le=300, description="Leeway for `exp`, `nbf` and `iat`."
+    )
     authorization_servers: list[str] = Field(
         default_factory=list,
         description="Advertised in protected-resource metadata; defaults to the issuer.",
     )
-
     # stdio has no bearer token: the principal must be configured explicitly or every
     # operation is denied.
-    stdio_principal: Principal | None = None
-
-    # Per-principal token bucket in front of all authorization work; 0 turns it off.
-    rate_limit_per_second: float = Field(default=20.0, ge=0)
-    rate_limit_burst: int = Field(default=40, ge=1)
+    stdio_principal: Principal | None = Field(
+        default=None,
+        description='The caller on stdio, JSON, e.g. `{"id":"erin","roles":["auditor"],'
+        '"department":"compliance"}`; unset: every operation is denied.',
+    )
+    rate_limit_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description="Per-principal token bucket before any authorization work (`0`: off).",
+    )
+    rate_limit_burst: int = Field(default=40, ge=1, description="Bucket size of that limit.")
 
     # --- Cerbos PDP -------------------------------------------------------------------------------
-    pdp_address: str = "127.0.0.1:3593"
-    pdp_timeout_seconds: float = Field(default=0.5, gt=0, le=5)
-    pdp_tls_ca_file: Path | None = None
-    # Must not exceed the PDP's server.requestLimits.maxResourcesPerRequest.
-    pdp_max_resources_per_request: int = Field(default=200, ge=1, le=10_000)
+    pdp_address: str = Field(
+        default="127.0.0.1:3593",
+        description="Cerbos gRPC address (`host:port`, or `unix:/path` for a socket).",
+    )
+    pdp_timeout_seconds: float = Field(
+        default=0.5, gt=0, le=5, description="Deadline of each PDP call; past it, deny."
+    )
+    pdp_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle for TLS to the PDP (unset: plaintext)."
+    )
+    pdp_max_resources_per_request: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Batch size; at most the PDP's `maxResourcesPerRequest`.",
+    )
 
     # --- development helpers ----------------------------------------------------------------
-    dev_issuer_dir: Path = Path(".dev/issuer")
+    dev_issuer_dir: Path = Field(
+        default=Path(".dev/issuer"), description="Where the dev token issuer keeps its key."
+    )
+
+    # --- capabilities ----------------------------------------------------------------------------
+    capabilities: str = Field(
+        default="tools",
+        pattern=r"^[A-Za-z_][\w.]*$",
+        description="Module whose `CAPABILITIES` the server registers; the Vault identities, "
+        "tables and demo rows follow from them.",
+    )
 
     # --- store -------------------------------------------------------------------------------
-    database_url: str = "sqlite+aiosqlite:///.dev/data/template.db"
-    seed_demo_data: bool = True
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///.dev/data/template.db",
+        description="SQLAlchemy async URL, without password (that comes from Vault).",
+    )
+    seed_demo_data: bool = Field(
+        default=True, description="Add each capability's demo rows to its empty tables."
+    )
 
     # --- Vault (or OpenBao): addresses, names and file locations only -------------------------
-    vault_address: str = "http://127.0.0.1:8200"
-    vault_timeout_seconds: float = Field(default=2.0, gt=0, le=5)
-    vault_tls_verify: bool = True
-    vault_ca_file: Path | None = None
-    # The bootstrap credential is delivered as files, never as config or env values. "approle":
-    # a role id and a response-wrapped secret id (unwrapped once, then the file is deleted);
-    # "token_file": a token file kept fresh by an agent (re-read when the token expires).
-    vault_login: Literal["approle", "token_file"] = "approle"
-    vault_approle_mount: str = "approle"
-    vault_approle_role: str = "mcp-server"
-    vault_role_id_file: Path = Path(".dev/vault/role-id")
-    vault_wrapped_secret_id_file: Path = Path(".dev/vault/secret-id.wrapped")
-    vault_token_file: Path | None = None
-    # Identity X is minted through the token role "<prefix>X" and holds only the policy "<prefix>X".
-    vault_role_prefix: str = "mcp-"
-    vault_tool_identities: list[str] = Field(default_factory=lambda: ["tickets", "accounts"])
-    vault_tool_token_ttl_seconds: int = Field(default=300, ge=2, le=3600)
-    # Upper bound for caching a KV secret; it never outlives the token that read it.
-    vault_secret_cache_seconds: int = Field(default=300, ge=0, le=3600)
-    vault_kv_mount: str = "secret"
-    vault_transit_mount: str = "transit"
+    vault_address: str = Field(
+        default="http://127.0.0.1:8200", description="Vault (or OpenBao) address."
+    )
+    vault_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=5, description="Per-request timeout towards Vault."
+    )
+    vault_tls_verify: bool = Field(default=True, description="Verify Vault's TLS certificate.")
+    vault_ca_file: Path | None = Field(default=None, description="CA bundle for Vault's TLS.")
+    # The bootstrap credential is delivered as files, never as config or env values.
+    vault_login: Literal["approle", "token_file"] = Field(
+        default="approle",
+        description="`approle`: a role id and a response-wrapped secret id, unwrapped once and "
+        "the file deleted; `token_file`: a token file an agent keeps fresh.",
+    )
+    vault_approle_mount: str = Field(default="approle", description="Mount of the AppRole method.")
+    vault_approle_role: str = Field(default="mcp-server", description="The server's AppRole.")
+    vault_role_id_file: Path = Field(
+        default=Path(".dev/vault/role-id"), description="File holding the AppRole role id."
+    )
+    vault_wrapped_secret_id_file: Path = Field(
+        default=Path(".dev/vault/secret-id.wrapped"),
+        description="File holding the wrapped secret id; deleted after use.",
+    )
+    vault_token_file: Path | None = Field(
+        default=None, description="Token file for `MCP_VAULT_LOGIN=token_file`."
+    )
+    vault_role_prefix: str = Field(
+        default="mcp-",
+        description="Identity X is minted through the token role `<prefix>X` and holds only "
+        "the policy `<prefix>X`.",
+    )
+    vault_tool_token_ttl_seconds: int = Field(
+        default=300, ge=2, le=3600, description="Lifetime of each identity's child token."
+    )
+    vault_secret_cache_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="Upper bound for caching a KV secret (never beyond the token that read it).",
+    )
+    vault_kv_mount: str = Field(default="secret", description="Mount of the KV v2 engine.")
+    vault_transit_mount: str = Field(default="transit", description="Mount of the transit engine.")
 
-    # --- settings-level secrets: values come from Vault (see server/settings_vault.py) ----------
+    # --- settings-level secrets: values come from Vault (see server/vault/settings_source.py) ---
     database_password: Annotated[SecretStr | None, FromVault("mcp/server", "database_password")] = (
-        Field(default=None, description="Password for MCP_DATABASE_URL's user (not for SQLite).")
+        Field(
+            default=None,
+            description="Password for MCP_DATABASE_URL's user (not for SQLite); its value comes "
+            "only from Vault, through the server's settings identity.",
+        )
     )
 
     @classmethod
@@ -125,20 +208,24 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The first source wins. Vault first, for fields marked FromVault only: a stale argument
-        # or variable cannot shadow a rotated secret (see server/settings_vault.py).
+        # or variable cannot shadow a rotated secret (see server/vault/settings_source.py).
         vault = VaultSettingsSource(settings_cls, active_vault_reader())
         return vault, init_settings, env_settings, dotenv_settings, file_secret_settings
 
     # --- telemetry (OpenTelemetry traces) -----------------------------------------------------
-    # "none": no SDK, spans are no-ops (trace context still reaches the PDP); "console": spans
-    # printed to stderr (development); "otlp": batched export to a collector at otel_endpoint.
-    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="`none`: no SDK (the trace context still reaches the PDP); `console`: "
+        "spans to stderr; `otlp`: batched export to `MCP_OTEL_ENDPOINT`.",
+    )
     otel_endpoint: str | None = Field(
         default=None,
         description="OTLP collector base URL, e.g. http://127.0.0.1:4317 (grpc) or "
         "http://127.0.0.1:4318 (http/protobuf).",
     )
-    otel_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    otel_protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="grpc", description="OTLP protocol."
+    )
     otel_service_name: str | None = Field(
         default=None, description="service.name of the spans; defaults to server_name."
     )
@@ -147,8 +234,12 @@ class Settings(BaseSettings):
     )
     # An unreachable collector must cost requests nothing: spans wait in a bounded queue
     # (oldest dropped when full) and each export gives up after this timeout.
-    otel_export_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
-    otel_max_queue_size: int = Field(default=2048, ge=1, le=100_000)
+    otel_export_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="Per-export timeout."
+    )
+    otel_max_queue_size: int = Field(
+        default=2048, ge=1, le=100_000, description="Spans queued before the oldest are dropped."
+    )
 
     @field_validator("path")
     @classmethod

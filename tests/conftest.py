@@ -20,11 +20,11 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server import telemetry
-from server.dev_issuer import DevIssuer, demo_principals
-from server.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
+from ops.dev_issuer import DevIssuer, demo_principals
+from ops.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
+from ops.vault_bootstrap import BootstrapConfig, bootstrap, deliver_server_credential
 from server.settings import Settings
-from server.vault_bootstrap import BootstrapConfig, bootstrap, deliver_server_credential
+from server.telemetry import setup as telemetry
 from tests.support import (
     CANARIES,
     ROOT,
@@ -35,6 +35,7 @@ from tests.support import (
     seed_canaries,
     start_server,
 )
+from tools import CAPABILITIES
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,7 +102,9 @@ def openbao(bao_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """One OpenBao dev server for the session, bootstrapped and seeded with canaries."""
     running = start_openbao(bao_bin, workdir=tmp_path_factory.mktemp("openbao"))
     admin = admin_client(running)
-    bootstrap(admin, out_dir=tmp_path_factory.mktemp("bootstrap-credential"))
+    bootstrap(
+        admin, out_dir=tmp_path_factory.mktemp("bootstrap-credential"), capabilities=CAPABILITIES
+    )
     seed_canaries(admin)
     encrypt_fixture_contacts(admin)
     CANARIES.extend([running.root_token, running.unseal_key])
@@ -196,7 +199,12 @@ def fresh_openbao(bao_bin: Path, tmp_path: Path) -> Iterator[Callable[..., OpenB
     def start(config: BootstrapConfig | None = None) -> OpenBao:
         running = start_openbao(bao_bin, workdir=tmp_path / f"openbao-{len(started)}")
         started.append(running)
-        bootstrap(admin_client(running), out_dir=tmp_path / "bootstrap", config=config)
+        bootstrap(
+            admin_client(running),
+            out_dir=tmp_path / "bootstrap",
+            capabilities=CAPABILITIES,
+            config=config,
+        )
         return running
 
     yield start

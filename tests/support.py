@@ -14,13 +14,14 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import hvac
-import yaml
+from cerbos.svc.v1 import svc_pb2_grpc
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.middleware import Middleware
@@ -29,11 +30,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ops.devstack import UvicornThread, free_port, wait_until
 from server.app import create_http_app, create_server
-from server.devstack import UvicornThread, wait_until
-from server.pii import PII_KEY, mask_email, mask_phone
 from server.runtime import Runtime, build_runtime
 from server.settings import Settings
+from tools.accounts.pii import KEY as PII_KEY
+from tools.accounts.pii import mask_email, mask_phone
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_TESTS = ROOT / "policies" / "tests"
@@ -162,7 +164,7 @@ def start_server(
     prepare: Callable[[FastMCP[Any]], None] | None = None,
 ) -> RunningServer:
     runtime = build_runtime(settings)
-    mcp = create_server(settings, runtime)
+    mcp = create_server(settings, runtime=runtime)
     if prepare is not None:
         prepare(mcp)
     reached = ReachedTool()
@@ -308,45 +310,17 @@ async def pdp_decisions(
 # --- policy expectations ------------------------------------------------------------------------
 
 
-@dataclass
-class Matrix:
-    """The ALLOW matrix of a policy suite: principal -> component id -> allowed actions."""
-
-    allowed: dict[str, dict[str, set[str]]] = field(default_factory=dict)
-    principals: list[str] = field(default_factory=list)
-    components: list[str] = field(default_factory=list)
-
-    def allows(self, principal: str, component: str, action: str) -> bool:
-        return action in self.allowed.get(principal, {}).get(component, set())
-
-
-def policy_matrix(suite_file: str) -> Matrix:
-    """Read the full matrix test of a policy suite, keyed by component id (not fixture key)."""
-    suite = yaml.safe_load((POLICY_TESTS / suite_file).read_text())
-    resources = yaml.safe_load((POLICY_TESTS / "testdata" / "resources.yaml").read_text())[
-        "resources"
-    ]
-    test = suite["tests"][0]
-    matrix = Matrix(
-        principals=list(test["input"]["principals"]),
-        components=[resources[key]["id"] for key in test["input"]["resources"]],
-    )
-    for row in test["expected"]:
-        ident = resources[row["resource"]]["id"]
-        actions = {a for a, effect in row["actions"].items() if effect == "EFFECT_ALLOW"}
-        matrix.allowed.setdefault(row["principal"], {})[ident] = actions
-    return matrix
-
-
 # --- Vault --------------------------------------------------------------------------------------
 
 
 @asynccontextmanager
 async def open_identities(settings: Settings) -> AsyncIterator[Any]:
     """The server's Vault identities, opened as the Runtime opens them (login + every mint)."""
-    from server.identities import Identities
+    from server.capability import registry
+    from server.vault.identities import Identities
+    from tools import CAPABILITIES
 
-    identities = Identities(settings)
+    identities = Identities(settings, registry.identities(CAPABILITIES))
     await identities.open()
     try:
         yield identities
@@ -512,3 +486,48 @@ class OtlpReceiver:
     def __exit__(self, *exc: object) -> None:
         self.http.shutdown()
         self.http.server_close()
+
+
+# --- the HTTP edge ----------------------------------------------------------------------------
+
+
+def hostile_bodies(size: int) -> dict[str, bytes]:
+    """Bodies at the size limit that made a backtracking string scan quadratic."""
+    return {
+        "unterminated string of escaped quotes": b'"' + b'\\"' * ((size - 1) // 2),
+        "quote-backslash pairs": b'"\\' * (size // 2),
+        "escaped quotes ending in a lone backslash": b'"\\"' * ((size - 1) // 3) + b"\\",
+    }
+
+
+# --- stand-in PDPs, for faults the real one cannot produce ------------------------------------
+
+
+class GrpcServicerThread:
+    """Serves a stand-in Cerbos servicer (a fault the real PDP cannot produce) on a loopback
+    port, in a thread with its own event loop."""
+
+    def __init__(self, servicer: Any) -> None:
+        self.port = free_port()
+        self.servicer = servicer
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> GrpcServicerThread:
+        self.thread.start()
+
+        async def serve() -> grpc.aio.Server:
+            server = grpc.aio.server()
+            svc_pb2_grpc.add_CerbosServiceServicer_to_server(self.servicer, server)
+            server.add_insecure_port(f"127.0.0.1:{self.port}")
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -1,20 +1,15 @@
-"""The example capabilities. One module per capability; modules never import each other.
+"""The capabilities this server registers: one package each, and this list.
 
-To add one: write ``tools/<name>.py`` with a ``register(mcp)`` function, add it to
-``CAPABILITIES`` and give its components policies (see README, "Add a tool").
+A capability owns everything about itself (tools, tables, demo rows, record policies, Vault
+needs); packages never import each other. ``make new-capability name=<name>`` adds one here;
+``MCP_CAPABILITIES`` names the module the server loads this list from (default ``tools``).
 """
 
-from __future__ import annotations
+from server.capability import Capability
+from tools.accounts import CAPABILITY as ACCOUNTS
+from tools.tickets import CAPABILITY as TICKETS
 
-from collections.abc import Callable
-
-from fastmcp import FastMCP
-
-from tools import accounts, tickets
-
-CAPABILITIES: tuple[Callable[[FastMCP], None], ...] = (tickets.register, accounts.register)
-
-
-def register_all(mcp: FastMCP) -> None:
-    for register in CAPABILITIES:
-        register(mcp)
+CAPABILITIES: tuple[Capability, ...] = (
+    TICKETS,
+    ACCOUNTS,
+)

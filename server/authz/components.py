@@ -18,7 +18,7 @@ from fastmcp.prompts import Prompt
 from fastmcp.resources import Resource, ResourceTemplate
 from fastmcp.tools import Tool
 
-from server.authz.pdp import ResourceRef
+from server.authz.decisions import ResourceRef
 
 ComponentType = Literal["tool", "resource", "prompt"]
 

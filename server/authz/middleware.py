@@ -23,24 +23,20 @@ from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
 from server.authz import components, tracing
 from server.authz.components import ComponentType
+from server.authz.decisions import CheckResult, ResourceDecision, ResourceRef
 from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
     METHOD_NOT_FOUND,
     NOT_AUTHORIZED,
     RATE_LIMITED,
     UNAVAILABLE_MESSAGE,
+    AuthorizationUnavailable,
     not_found,
 )
-from server.authz.pdp import (
-    AuthorizationUnavailable,
-    CheckResult,
-    PolicyDecisionPoint,
-    ResourceDecision,
-    ResourceRef,
-)
-from server.principal import InvalidClaims, Principal, principal_from_claims
-from server.ratelimit import RateLimiter
-from server.request_context import RequestInfo, bind_request, current_request, unbind_request
+from server.authz.pdp import PolicyDecisionPoint
+from server.authz.request_context import RequestInfo, bind_request, current_request, unbind_request
+from server.edge.principal import InvalidClaims, Principal, principal_from_claims
+from server.edge.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

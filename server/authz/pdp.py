@@ -18,7 +18,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -31,18 +30,9 @@ from google.protobuf import json_format, struct_pb2
 from opentelemetry import propagate
 
 from server.authz import tracing
-from server.authz.errors import AuthorizationUnavailable, FailureReason
-from server.principal import Principal
-
-__all__ = [
-    "ActionDecision",
-    "AuthorizationUnavailable",
-    "CheckResult",
-    "FailureReason",
-    "PolicyDecisionPoint",
-    "ResourceDecision",
-    "ResourceRef",
-]
+from server.authz.decisions import ActionDecision, CheckResult, ResourceDecision, ResourceRef
+from server.authz.errors import AuthorizationUnavailable
+from server.edge.principal import Principal
 
 log = logging.getLogger(__name__)
 
@@ -63,44 +53,6 @@ _KNOWN_FILTER_KINDS = frozenset(
         engine_pb2.PlanResourcesFilter.KIND_CONDITIONAL,
     }
 )
-
-
-@dataclass(frozen=True)
-class ResourceRef:
-    """One thing to authorize: a Cerbos resource kind, id and the attributes policies read."""
-
-    kind: str
-    id: str
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ActionDecision:
-    action: str
-    allowed: bool
-    policy: str
-    # Policy outputs attached to this action, e.g. obligations. Cerbos returns the outputs of
-    # every activated rule, including ALLOW rules whose action ended DENY: act on them only
-    # when ``allowed`` is true.
-    outputs: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class ResourceDecision:
-    resource: ResourceRef
-    actions: Mapping[str, ActionDecision]
-    validation_errors: tuple[str, ...] = ()
-
-    def allowed(self, action: str) -> bool:
-        decision = self.actions.get(action)
-        return decision is not None and decision.allowed
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    request_id: str
-    call_ids: tuple[str, ...]
-    decisions: tuple[ResourceDecision, ...]
 
 
 class PolicyDecisionPoint:

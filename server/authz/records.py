@@ -22,15 +22,10 @@ from fastmcp.exceptions import ToolError
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute
 
-from server.authz.errors import UNAVAILABLE_MESSAGE
-from server.authz.pdp import (
-    ActionDecision,
-    AuthorizationUnavailable,
-    PolicyDecisionPoint,
-    ResourceDecision,
-    ResourceRef,
-)
-from server.principal import Principal
+from server.authz.decisions import ActionDecision, ResourceDecision, ResourceRef
+from server.authz.errors import UNAVAILABLE_MESSAGE, AuthorizationUnavailable
+from server.authz.pdp import PolicyDecisionPoint
+from server.edge.principal import Principal
 
 log = logging.getLogger(__name__)
 

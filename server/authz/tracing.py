@@ -31,8 +31,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from server.authz.errors import AuthorizationUnavailable
 
 if TYPE_CHECKING:
-    from server.authz.pdp import ActionDecision, ResourceDecision
-    from server.principal import Principal
+    from server.authz.decisions import ActionDecision, ResourceDecision
+    from server.edge.principal import Principal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,207 @@
+"""Development and operator commands: ``python -m ops <command>`` (the Makefile wraps them).
+
+dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve;
+                 Ctrl-C stops all                                                   [development]
+dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
+token NAME       print a bearer token for a demo principal                          [development]
+vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys) and deliver
+                 the server's credential files; idempotent; admin token read from a file
+identities       print each Vault identity, its policies and what it can reach, read from Vault
+generate         write every generated file (policy fixtures, Vault policies, README access
+                 table, configuration reference); --check only reports what is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from server.capability import registry
+from server.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ops",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--env-file", type=Path, help="dotenv file of settings; real env vars win")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dev-issuer", help="run the local development token issuer")
+    token = commands.add_parser("token", help="print a bearer token for a demo principal")
+    token.add_argument("name")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    dev = commands.add_parser("dev", help="run PDP + OpenBao + dev issuer + server together")
+    dev.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
+    dev.add_argument("--bao", type=Path, required=True, help="path of the bao binary")
+    dev.add_argument("--pdp-http-port", type=int, default=3592)
+    boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
+    boot.add_argument("--admin-token-file", type=Path, required=True)
+    boot.add_argument(
+        "--out-dir", type=Path, help="default: the directory of MCP_VAULT_ROLE_ID_FILE"
+    )
+    boot.add_argument(
+        "--database-password-file",
+        type=Path,
+        help="also write the database password (generated in Vault) to this file, mode 0600, "
+        "for a database server that is being created alongside (compose)",
+    )
+    ident = commands.add_parser("identities", help="print the identity table read from Vault")
+    source = ident.add_mutually_exclusive_group(required=True)
+    source.add_argument("--admin-token-file", type=Path, help="review the Vault at the address")
+    source.add_argument(
+        "--bao", type=Path, help="review a throw-away OpenBao dev server bootstrapped from tools/"
+    )
+    generate = commands.add_parser("generate", help="write every generated file")
+    generate.add_argument("--check", action="store_true", help="only report stale files")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, object] = {}
+    if args.env_file is not None:
+        overrides["_env_file"] = args.env_file
+    if args.command == "generate":
+        # Generated files describe the template's defaults, not this shell's settings.
+        from ops.generate import main as generate_main
+
+        return generate_main(check=args.check)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+
+    if args.command == "token":
+        return _print_token(settings, args.name, args.ttl)
+    if args.command == "dev-issuer":
+        return _run_dev_issuer(settings)
+    if args.command == "dev":
+        from ops.dev import run_dev
+
+        return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
+    if args.command == "vault-bootstrap":
+        return _vault_bootstrap(
+            settings, args.admin_token_file, args.out_dir, args.database_password_file
+        )
+    return _identities(settings, args.admin_token_file, args.bao)
+
+
+def _vault_bootstrap(
+    settings: Settings,
+    admin_token_file: Path,
+    out_dir: Path | None,
+    database_password_file: Path | None = None,
+) -> int:
+    from ops.vault_admin import admin_client, read_token_file
+    from ops.vault_bootstrap import BootstrapConfig, bootstrap, export_database_password
+
+    admin = admin_client(settings, read_token_file(admin_token_file))
+    result = bootstrap(
+        admin,
+        out_dir=out_dir or settings.vault_role_id_file.parent,
+        capabilities=registry.load(settings.capabilities),
+        config=BootstrapConfig(
+            approle_mount=settings.vault_approle_mount,
+            server_role=settings.vault_approle_role,
+            role_prefix=settings.vault_role_prefix,
+            kv_mount=settings.vault_kv_mount,
+            transit_mount=settings.vault_transit_mount,
+        ),
+    )
+    for item in result.created:
+        print(f"created    {item}")
+    for item in result.unchanged:
+        print(f"unchanged  {item}")
+    print(f"credential {result.role_id_file} + {result.wrapped_secret_id_file}")
+    if database_password_file is not None:
+        export_database_password(admin, database_password_file, kv_mount=settings.vault_kv_mount)
+        print(f"database password written to {database_password_file}")
+    return 0
+
+
+def _identities(settings: Settings, admin_token_file: Path | None, bao: Path | None) -> int:
+    from ops import devstack
+    from ops.identity_report import read_identities, render
+    from ops.vault_admin import admin_client, read_token_file
+    from ops.vault_bootstrap import bootstrap
+
+    def report(admin: object) -> None:
+        print(
+            render(
+                read_identities(
+                    admin,
+                    approle_mount=settings.vault_approle_mount,
+                    server_role=settings.vault_approle_role,
+                    role_prefix=settings.vault_role_prefix,
+                )
+            )
+        )
+
+    if admin_token_file is not None:
+        report(admin_client(settings, read_token_file(admin_token_file)))
+        return 0
+    assert bao is not None
+    with tempfile.TemporaryDirectory(prefix="identities-") as workdir:
+        vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+        try:
+            local = settings.model_copy(update={"vault_address": vault.address})
+            admin = admin_client(local, vault.root_token)
+            bootstrap(
+                admin,
+                out_dir=Path(workdir) / "credential",
+                capabilities=registry.load(settings.capabilities),
+            )
+            print(
+                f"# Identities as the registered capabilities declare them (throw-away OpenBao "
+                f"{vault.address})"
+            )
+            report(admin)
+        finally:
+            vault.process.stop()
+    return 0
+
+
+def _dev_issuer(settings: Settings):  # type: ignore[no-untyped-def]
+    from ops.dev_issuer import DevIssuer
+
+    if settings.environment != "development" or not settings.auth_issuer:
+        raise SystemExit("the dev issuer runs only in development, with MCP_AUTH_ISSUER set")
+    return DevIssuer(settings.dev_issuer_dir, settings.auth_issuer)
+
+
+def _print_token(settings: Settings, name: str, ttl: int) -> int:
+    try:
+        token = _dev_issuer(settings).token_for(
+            name, audience=settings.auth_audience, ttl_seconds=ttl
+        )
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _run_dev_issuer(settings: Settings) -> int:
+    issuer = _dev_issuer(settings)
+    url = urlsplit(issuer.issuer)
+    logging.getLogger(__name__).warning(
+        "DEVELOPMENT token issuer at %s (JWKS %s)", issuer.issuer, issuer.jwks_url
+    )
+    uvicorn.run(
+        issuer.asgi_app(),
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 80,
+        log_level="warning",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

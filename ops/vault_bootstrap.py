@@ -1,0 +1,203 @@
+"""Idempotent Vault bootstrap: policies, token roles, AppRole, secrets, transit keys, and the
+server's bootstrap credential delivered as files.
+
+Run by ``make dev`` and the test fixtures, or by hand against a real Vault with an admin token
+read from a file: ``python -m ops vault-bootstrap --admin-token-file FILE``. Running it again
+changes nothing that exists (policies and roles are rewritten to the same content; secrets and
+keys are created only when absent) and delivers a fresh credential.
+
+What it sets up, from the plan ``ops.vault_plan`` renders from the registered capabilities:
+
+- the server's policy ``mcp-server`` and one policy ``mcp-X`` per identity X;
+- for every identity: a token role ``mcp-X`` that can only give out the policy ``mcp-X``,
+  without the default policy (so children cannot look up, renew or create tokens), non-orphan
+  (children die with the server's token), bounded by ``token_explicit_max_ttl`` (token roles
+  silently ignore ``token_ttl``/``token_max_ttl``);
+- the AppRole ``mcp-server`` whose tokens hold only ``mcp-server`` (no default policy);
+- every declared KV secret (random first values, created only if absent) and transit key;
+- the credential: ``role-id`` and ``secret-id.wrapped`` (a response-wrapped secret id that only
+  the server unwraps, once) in the output directory, mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+
+from ops.vault_plan import SERVER_POLICY, VaultNames, plan
+from server.capability.declaration import Capability
+from server.settings import Settings
+from server.vault.settings_source import vault_fields
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    approle_mount: str = "approle"
+    server_role: str = "mcp-server"
+    role_prefix: str = "mcp-"
+    kv_mount: str = "secret"
+    transit_mount: str = "transit"
+    # Lifetimes in seconds.
+    server_token_ttl: int = 3600
+    server_token_max_ttl: int = 4 * 3600
+    child_token_max_ttl: int = 3600
+    secret_id_ttl: int = 30 * 24 * 3600
+    wrap_ttl: int = 300
+
+    @property
+    def names(self) -> VaultNames:
+        return VaultNames(self.role_prefix, self.kv_mount, self.transit_mount)
+
+
+@dataclass
+class BootstrapResult:
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    role_id_file: Path | None = None
+    wrapped_secret_id_file: Path | None = None
+
+    def note(self, what: str, *, created: bool) -> None:
+        (self.created if created else self.unchanged).append(what)
+
+
+def bootstrap(
+    admin: hvac.Client,
+    *,
+    out_dir: Path,
+    capabilities: Iterable[Capability],
+    config: BootstrapConfig | None = None,
+) -> BootstrapResult:
+    config = config or BootstrapConfig()
+    result = BootstrapResult()
+    wanted = plan(capabilities, config.names)
+
+    for name, hcl in wanted.policies.items():
+        current = _read(admin, f"sys/policies/acl/{name}")
+        same = current is not None and current["policy"] == hcl
+        if not same:
+            admin.sys.create_or_update_policy(name=name, policy=hcl)
+        result.note(f"policy {name}", created=not same)
+
+    for identity in wanted.identities:
+        role = wanted.role(identity)
+        settings = {
+            "allowed_policies": [role],
+            "disallowed_policies": ["root", SERVER_POLICY],
+            "orphan": False,
+            "renewable": False,
+            "token_type": "service",
+            "token_no_default_policy": True,
+            "token_explicit_max_ttl": config.child_token_max_ttl,
+        }
+        before = _read(admin, f"auth/token/roles/{role}")
+        admin.write_data(f"auth/token/roles/{role}", data=settings)
+        after = _read(admin, f"auth/token/roles/{role}")
+        result.note(f"token role {role}", created=before != after)
+
+    auth_methods = admin.sys.list_auth_methods()["data"]
+    if f"{config.approle_mount}/" not in auth_methods:
+        admin.sys.enable_auth_method(method_type="approle", path=config.approle_mount)
+        result.note(f"auth method {config.approle_mount}", created=True)
+    before = _read(admin, f"auth/{config.approle_mount}/role/{config.server_role}")
+    admin.auth.approle.create_or_update_approle(
+        role_name=config.server_role,
+        token_policies=[SERVER_POLICY],
+        token_no_default_policy=True,
+        token_type="service",  # noqa: S106 - a token kind, not a password
+        token_ttl=config.server_token_ttl,
+        token_max_ttl=config.server_token_max_ttl,
+        secret_id_ttl=config.secret_id_ttl,
+        secret_id_num_uses=0,  # re-login after max TTL uses the same (in-memory) secret id
+        mount_point=config.approle_mount,
+    )
+    after = _read(admin, f"auth/{config.approle_mount}/role/{config.server_role}")
+    result.note(f"approle {config.server_role}", created=before != after)
+
+    mounts = admin.sys.list_mounted_secrets_engines()["data"]
+    if f"{config.kv_mount}/" not in mounts:
+        admin.sys.enable_secrets_engine("kv", path=config.kv_mount, options={"version": "2"})
+        result.note(f"kv mount {config.kv_mount}", created=True)
+    for path, keys in wanted.secrets.items():
+        exists = _read(admin, f"{config.kv_mount}/data/{path}") is not None
+        if not exists:
+            value = {key: generate() for key, generate in keys.items()}
+            # cas=0: create only; never overwrite a secret someone else wrote in the meantime.
+            admin.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=value, cas=0, mount_point=config.kv_mount
+            )
+        result.note(f"secret {config.kv_mount}/{path}", created=not exists)
+
+    if f"{config.transit_mount}/" not in mounts:
+        admin.sys.enable_secrets_engine("transit", path=config.transit_mount)
+        result.note(f"transit mount {config.transit_mount}", created=True)
+    for key, key_type in wanted.transit_keys.items():
+        exists = _read(admin, f"{config.transit_mount}/keys/{key}") is not None
+        if not exists:
+            admin.secrets.transit.create_key(
+                name=key, key_type=key_type, mount_point=config.transit_mount
+            )
+        result.note(f"transit key {key}", created=not exists)
+
+    result.role_id_file, result.wrapped_secret_id_file = deliver_server_credential(
+        admin, out_dir=out_dir, config=config
+    )
+    return result
+
+
+def deliver_server_credential(
+    admin: hvac.Client, *, out_dir: Path, config: BootstrapConfig | None = None
+) -> tuple[Path, Path]:
+    """Write ``role-id`` and a fresh response-wrapped secret id to ``out_dir`` (mode 0600).
+
+    The secret id itself never exists outside Vault and the server: the file holds a single-use
+    wrapping token that expires after ``wrap_ttl``.
+    """
+    config = config or BootstrapConfig()
+    role_id = admin.auth.approle.read_role_id(config.server_role, mount_point=config.approle_mount)[
+        "data"
+    ]["role_id"]
+    wrapped = admin.auth.approle.generate_secret_id(
+        config.server_role, wrap_ttl=config.wrap_ttl, mount_point=config.approle_mount
+    )["wrap_info"]["token"]
+    role_id_file = _write_private(out_dir / "role-id", role_id)
+    secret_file = _write_private(out_dir / "secret-id.wrapped", wrapped)
+    return role_id_file, secret_file
+
+
+def _read(admin: hvac.Client, path: str) -> Any:
+    """The ``data`` of a read, or None when the path does not exist."""
+    try:
+        response = admin.read(path)
+    except hvac.exceptions.InvalidPath:
+        return None
+    return None if response is None else response.get("data")
+
+
+def _write_private(path: Path, content: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_database_password(admin: hvac.Client, path: Path, *, kv_mount: str = "secret") -> None:
+    """Write the database password Vault holds to ``path`` (0600), for a database server that is
+    initialised from a file (e.g. a compose service). The server itself reads it from Vault."""
+    where = vault_fields(Settings)["database_password"]
+    secret = admin.secrets.kv.v2.read_secret_version(
+        path=where.path, mount_point=kv_mount, raise_on_deleted_version=True
+    )
+    _write_private(path, str(secret["data"]["data"][where.key]))

@@ -1,0 +1,42 @@
+"""Per-request context: who is calling and the request id that ties logs, spans and PDP audit.
+
+Set by the authorization middleware for the duration of one MCP request, read by tools through
+dependency injection. A ``ContextVar`` follows the request into sync tools run in worker
+threads and cannot leak between concurrent requests.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from server.edge.principal import Principal
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    request_id: str
+    principal: Principal | None
+
+
+_current: ContextVar[RequestInfo | None] = ContextVar("mcp_request", default=None)
+
+
+def current_request() -> RequestInfo | None:
+    return _current.get()
+
+
+def current_principal() -> Principal:
+    """The authorized caller of the running tool. Raises if called outside an authorized request."""
+    info = _current.get()
+    if info is None or info.principal is None:
+        raise LookupError("no authorized principal in this context")
+    return info.principal
+
+
+def bind_request(info: RequestInfo) -> object:
+    return _current.set(info)
+
+
+def unbind_request(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

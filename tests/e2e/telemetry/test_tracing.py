@@ -1,0 +1,384 @@
+"""Every authorization decision is a span an operator can find: who, what, the effect, the
+policy, the PDP call id, the request id, the latency, and for a refusal the reason.
+
+Spans are captured in memory (the ``spans`` fixture); the servers and the PDP are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from cerbos.svc.v1 import svc_pb2_grpc
+from fastmcp.exceptions import ToolError
+from mcp import MCPError
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from ops.devstack import PDP, free_port
+from server.authz.errors import AUTHORIZATION_UNAVAILABLE
+from server.settings import Settings
+from server.telemetry import setup as telemetry
+from tests.support import (
+    SERVER,
+    GrpcServicerThread,
+    RunningServer,
+    caller_span,
+    children,
+    has,
+    insert_ticket,
+    one,
+    spans_of_trace,
+    start_server,
+)
+
+CALL_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # the PDP's call ids are ULIDs
+TOOL_POLICY = "resource.mcp_tool.vdefault"
+
+
+def decision_events(span: ReadableSpan) -> list[dict[str, Any]]:
+    return [dict(e.attributes or {}) for e in span.events if e.name == "authz.decision"]
+
+
+async def test_allowed_call_has_a_decision_span_with_who_what_effect_policy_and_ids(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.call_tool("create_ticket", {"title": "Printer on fire"})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call create_ticket"))
+
+    server_span = one(tree, "tools/call create_ticket", SERVER)
+    check = one(children(tree, server_span), "authz.check", **{"authz.action": "call"})
+    attrs = dict(check.attributes or {})
+    assert attrs["authz.principal.id"] == "alice"
+    assert attrs["authz.principal.roles"] == ("support_agent",)
+    assert attrs["authz.resource.kind"] == "mcp_tool"
+    assert attrs["authz.resource.id"] == "create_ticket"
+    assert attrs["authz.effect"] == "ALLOW"
+    assert attrs["authz.policy"] == TOOL_POLICY
+    assert CALL_ID.match(attrs["cerbos.call_id"])
+    assert attrs["authz.request_id"] == server_span.attributes["authz.request_id"]
+    assert attrs["authz.pdp.latency_ms"] > 0
+    assert "authz.denial_reason" not in attrs
+    assert check.status.status_code == StatusCode.UNSET
+    assert decision_events(check) == [
+        {
+            "authz.resource.kind": "mcp_tool",
+            "authz.resource.id": "create_ticket",
+            "authz.action": "call",
+            "authz.effect": "ALLOW",
+            "authz.policy": TOOL_POLICY,
+        }
+    ]
+    # The decision span is the RPC: no separate client span (the PDP's spans continue from it).
+    assert children(tree, check) == []
+    assert server_span.attributes["authz.effect"] == "ALLOW"
+    # The tool's own record check went through the same code, under the same request id.
+    record = one(children(tree, server_span), "authz.check", **{"authz.action": "create"})
+    assert record.attributes["authz.resource.kind"] == "ticket"
+    assert record.attributes["authz.request_id"] == attrs["authz.request_id"]
+
+
+async def test_denied_call_is_an_error_span_with_the_reason_and_names_the_tool(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    reached = len(server.reached.calls)
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            with pytest.raises(ToolError, match="Unknown tool"):
+                await client.call_tool("delete_ticket", {"ticket_id": 1})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call delete_ticket"))
+    assert server.reached.calls[reached:] == []
+
+    server_span = one(tree, "tools/call delete_ticket", SERVER)
+    assert server_span.status.status_code == StatusCode.ERROR
+    assert server_span.attributes["gen_ai.tool.name"] == "delete_ticket"
+    assert server_span.attributes["authz.effect"] == "DENY"
+    assert server_span.attributes["authz.denial_reason"] == "policy_denied"
+    check = one(children(tree, server_span), "authz.check")
+    assert check.status.status_code == StatusCode.ERROR
+    attrs = dict(check.attributes or {})
+    assert attrs["authz.effect"] == "DENY"
+    assert attrs["authz.denial_reason"] == "policy_denied"
+    assert attrs["authz.policy_reason"] == "mfa_required"  # the DENY rule's own output
+    assert attrs["authz.resource.id"] == "delete_ticket"
+    assert attrs["authz.policy"] == TOOL_POLICY
+    assert CALL_ID.match(attrs["cerbos.call_id"])
+    assert attrs["authz.request_id"] == server_span.attributes["authz.request_id"]
+
+
+async def test_unknown_tool_is_refused_with_its_own_reason(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("dave") as client:  # an admin: the policy alone would allow
+            with pytest.raises(ToolError, match="Unknown tool"):
+                await client.call_tool("no_such_tool", {})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call no_such_tool"))
+    server_span = one(tree, "tools/call no_such_tool", SERVER)
+    assert server_span.status.status_code == StatusCode.ERROR
+    assert server_span.attributes["authz.denial_reason"] == "unknown_component"
+
+
+async def test_a_list_records_the_effect_of_every_item(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    registered = {t.name for t in await server.mcp.list_tools(run_middleware=False)}
+    with caller_span() as trace_id:
+        async with server.client("mallory") as client:
+            visible = {t.name for t in await client.list_tools()}
+    tree = await spans_of_trace(spans, trace_id, has("tools/list"))
+
+    server_span = one(tree, "tools/list", SERVER)
+    check = one(children(tree, server_span), "authz.check")
+    events = decision_events(check)
+    assert len(events) == len(registered) == check.attributes["authz.resource.count"]
+    assert {e["authz.resource.id"] for e in events} == registered
+    assert {e["authz.resource.id"] for e in events if e["authz.effect"] == "ALLOW"} == visible
+    assert all(
+        e["authz.denial_reason"] == "policy_denied" for e in events if e["authz.effect"] == "DENY"
+    )
+    assert check.attributes["authz.allowed_count"] == len(visible)
+    assert check.attributes["authz.denied_count"] == len(registered) - len(visible)
+    # Filtering a list is not a refusal.
+    assert check.status.status_code == StatusCode.UNSET
+    assert CALL_ID.match(check.attributes["cerbos.call_id"])
+
+
+async def test_record_checks_and_query_plans_are_decision_spans_too(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    theirs = insert_ticket(server.db_path, team="tier2")
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.call_tool("list_tickets", {"limit": 3})
+            denied = await client.call_tool(
+                "get_ticket", {"ticket_id": theirs}, raise_on_error=False
+            )
+    assert denied.is_error
+    tree = await spans_of_trace(spans, trace_id, has("tools/call get_ticket"))
+
+    plan = one(tree, "authz.plan")
+    assert plan.attributes["authz.resource.kind"] == "ticket"
+    assert plan.attributes["authz.action"] == "view"
+    assert plan.attributes["authz.plan.filter"] == "CONDITIONAL"
+    assert plan.attributes["authz.principal.id"] == "alice"
+    assert CALL_ID.match(plan.attributes["cerbos.call_id"])
+
+    record = one(tree, "authz.check", **{"authz.resource.kind": "ticket"})
+    assert record.attributes["authz.resource.id"] == str(theirs)
+    assert record.attributes["authz.effect"] == "DENY"
+    assert record.status.status_code == StatusCode.ERROR
+    assert {(e["authz.action"], e["authz.effect"]) for e in decision_events(record)} == {
+        ("view", "DENY")
+    }
+
+
+class HangingPDP(svc_pb2_grpc.CerbosServiceServicer):
+    """Takes every request and never answers."""
+
+    async def CheckResources(self, request: Any, context: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_store_queries_are_spans_with_the_statement_but_no_values(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.call_tool("list_tickets", {"limit": 3})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call list_tickets"))
+
+    server_span = one(tree, "tools/call list_tickets", SERVER)
+    query = one(children(tree, server_span), "SELECT ticket", trace.SpanKind.CLIENT)
+    text = query.attributes["db.query.text"]
+    # The WHERE clause the query plan became, with alice's values (team tier1, her id) bound
+    # as parameters rather than written into the statement.
+    assert "WHERE" in text and "?" in text
+    assert "tier1" not in text and "alice" not in text
+    assert query.attributes["db.collection.name"] == "ticket"
+
+
+@pytest.fixture
+def pdp_outage(
+    request: pytest.FixtureRequest,
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+) -> Iterator[RunningServer]:
+    """A server whose PDP address is closed ("down") or never answers ("hung")."""
+    with GrpcServicerThread(HangingPDP()) as hanging:
+        port = hanging.port if request.param == "hung" else free_port()
+        running = start_server(make_settings(pdp, pdp_address=f"127.0.0.1:{port}"), token)
+        yield running
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("pdp_outage", "reason"),
+    [("down", "pdp_unavailable"), ("hung", "pdp_timeout")],
+    indirect=["pdp_outage"],
+)
+async def test_pdp_outage_is_a_failed_decision_with_the_reason(
+    pdp_outage: RunningServer, reason: str, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with pdp_outage.client("alice") as client:
+            with pytest.raises(MCPError) as failure:
+                await client.call_tool("create_ticket", {"title": "During the outage"})
+    assert failure.value.error.code == AUTHORIZATION_UNAVAILABLE
+    assert pdp_outage.reached.calls == []
+    # The client's first request (its tools/list) failed the same way; the call is the last one.
+    tree = await spans_of_trace(spans, trace_id, has("tools/call create_ticket"))
+
+    server_span = one(tree, "tools/call create_ticket", SERVER)
+    assert server_span.status.status_code == StatusCode.ERROR
+    assert server_span.attributes["authz.denial_reason"] == reason
+    check = one(children(tree, server_span), "authz.check")
+    assert check.status.status_code == StatusCode.ERROR
+    assert check.attributes["authz.denial_reason"] == reason
+    assert check.attributes["authz.effect"] == "DENY"
+    assert check.attributes["authz.principal.id"] == "alice"
+    assert "cerbos.call_id" not in check.attributes  # no PDP answered
+
+
+async def test_an_http_traceparent_header_continues_the_callers_trace(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    trace_id, parent_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    header = {"traceparent": f"00-{trace_id:032x}-{parent_id:016x}-01"}
+    # No caller span: the client's own context (in _meta) is a different, new trace.
+    async with server.client("alice", headers=header) as client:
+        await client.call_tool("get_ticket", {"ticket_id": 1})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call get_ticket"))
+
+    # Each HTTP request of the session continues the caller's span...
+    http = [s for s in tree if s.name == "POST /mcp"]
+    assert http and all(s.parent is not None and s.parent.span_id == parent_id for s in http)
+    # ...and the MCP server span runs inside one of them, not in the client's _meta trace.
+    server_span = one(tree, "tools/call get_ticket", SERVER)
+    assert server_span.parent is not None
+    assert server_span.parent.span_id in {s.context.span_id for s in http if s.context}
+    assert one(children(tree, server_span), "authz.check", **{"authz.resource.kind": "mcp_tool"})
+
+
+async def test_meta_traceparent_continues_the_callers_trace(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.call_tool("get_ticket", {"ticket_id": 1})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call get_ticket"))
+
+    # No HTTP header was sent, so there is no HTTP span: the server span's parent is the
+    # client's request span whose context travelled in _meta.
+    assert not any(s.name.startswith("POST") for s in tree)
+    sent = one(tree, "MCP send tools/call get_ticket", trace.SpanKind.CLIENT)
+    server_span = one(tree, "tools/call get_ticket", SERVER)
+    assert server_span.parent is not None and server_span.parent.span_id == sent.context.span_id
+
+
+async def test_an_unsampled_caller_cannot_switch_off_the_record_of_its_decisions(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    header = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-00"}  # flags 00: not sampled
+    async with server.client("alice", headers=header) as client:
+        with pytest.raises(ToolError):
+            await client.call_tool("delete_ticket", {"ticket_id": 1})
+    tree = await spans_of_trace(spans, trace_id, has("tools/call delete_ticket"))
+    assert one(tree, "authz.check", **{"authz.effect": "DENY"})
+
+
+async def test_spans_name_the_service_version_and_environment(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    with caller_span() as trace_id:
+        async with server.client("alice") as client:
+            await client.list_prompts()
+    tree = await spans_of_trace(spans, trace_id, has("prompts/list"))
+    resource = one(tree, "authz.check").resource.attributes
+    assert resource["service.name"] == "mcp-server-template"
+    assert resource["service.version"] == telemetry.package_version()
+    assert resource["deployment.environment.name"] == "development"
+
+
+class BrokenProcessor(SpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        raise RuntimeError("broken on_start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        raise RuntimeError("broken on_end")
+
+
+async def test_a_broken_span_processor_changes_no_decision(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    broken = BrokenProcessor()
+    telemetry.attach(broken)
+    try:
+        async with server.client("alice") as client:
+            assert (await client.call_tool("get_ticket", {"ticket_id": 1})).structured_content
+            with pytest.raises(ToolError, match="Unknown tool"):
+                await client.call_tool("delete_ticket", {"ticket_id": 1})
+    finally:
+        telemetry.detach(broken)
+    # The other processors still got every span.
+    assert any(s.name == "authz.check" for s in spans.get_finished_spans())
+
+
+def test_otlp_export_needs_a_collector_url() -> None:
+    with pytest.raises(ValueError, match="MCP_OTEL_ENDPOINT"):
+        Settings(transport="stdio", otel_exporter="otlp")
+    with pytest.raises(ValueError, match="MCP_OTEL_ENDPOINT"):
+        Settings(transport="stdio", otel_exporter="otlp", otel_endpoint="collector:4317")
+    http = Settings(
+        transport="stdio",
+        otel_exporter="otlp",
+        otel_protocol="http/protobuf",
+        otel_endpoint="http://collector:4318/",
+    )
+    assert http.otel_traces_endpoint == "http://collector:4318/v1/traces"
+    grpc = Settings(transport="stdio", otel_exporter="otlp", otel_endpoint="http://collector:4317")
+    assert grpc.otel_traces_endpoint == "http://collector:4317"
+
+
+async def test_a_throttled_request_is_a_refusal_naming_who_and_why(
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+    spans: InMemorySpanExporter,
+) -> None:
+    server = start_server(make_settings(pdp, rate_limit_per_second=0.01, rate_limit_burst=1), token)
+    try:
+        with caller_span() as trace_id:
+            async with server.client("mallory") as client:
+
+                async def flood() -> None:  # the burst is one request; this needs more
+                    for _ in range(3):
+                        await client.call_tool("create_ticket", {"title": "Flood"})
+
+                with pytest.raises(MCPError):
+                    await flood()
+    finally:
+        server.stop()
+
+    def refusal(spans: list[ReadableSpan]) -> list[ReadableSpan]:
+        return [
+            s
+            for s in spans
+            if s.kind == SERVER
+            and (s.attributes or {}).get("authz.denial_reason") == "rate_limited"
+        ]
+
+    tree = await spans_of_trace(spans, trace_id, lambda spans: bool(refusal(spans)))
+    refused = refusal(tree)[0]
+    assert refused.status.status_code == StatusCode.ERROR
+    assert refused.attributes["authz.principal.id"] == "mallory"
+    assert not children(tree, refused)  # refused before any PDP work
