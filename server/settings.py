@@ -94,13 +94,20 @@ class Settings(BaseSettings):
     vault_ca_file: Path | None = None
     # The bootstrap credential is delivered as files, never as config or env values. "approle":
     # a role id and a response-wrapped secret id (unwrapped once, then the file is deleted);
-    # "token_file": a token file kept fresh by an agent (re-read when the token expires).
-    vault_login: Literal["approle", "token_file"] = "approle"
+    # "token_file": a token file kept fresh by an agent (re-read when the token expires);
+    # "jwt": a JWT file, e.g. a projected Kubernetes service-account token, re-read on every login
+    # at auth/<vault_jwt_mount>/login (Vault's kubernetes and jwt auth methods alike).
+    vault_login: Literal["approle", "token_file", "jwt"] = "approle"
     vault_approle_mount: str = "approle"
     vault_approle_role: str = "mcp-server"
     vault_role_id_file: Path = Path(".dev/vault/role-id")
     vault_wrapped_secret_id_file: Path = Path(".dev/vault/secret-id.wrapped")
     vault_token_file: Path | None = None
+    vault_jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    vault_jwt_mount: str = Field(
+        default="kubernetes", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"
+    )
+    vault_jwt_role: str = Field(default="mcp-server", min_length=1)
     # Identity X is minted through the token role "<prefix>X" and holds only the policy "<prefix>X".
     vault_role_prefix: str = "mcp-"
     vault_tool_identities: list[str] = Field(default_factory=lambda: ["tickets", "accounts"])
