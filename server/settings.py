@@ -155,10 +155,11 @@ class Settings(BaseSettings):
     vault_tls_verify: bool = Field(default=True, description="Verify Vault's TLS certificate.")
     vault_ca_file: Path | None = Field(default=None, description="CA bundle for Vault's TLS.")
     # The bootstrap credential is delivered as files, never as config or env values.
-    vault_login: Literal["approle", "token_file"] = Field(
+    vault_login: Literal["approle", "token_file", "jwt"] = Field(
         default="approle",
         description="`approle`: a role id and a response-wrapped secret id, unwrapped once and "
-        "the file deleted; `token_file`: a token file an agent keeps fresh.",
+        "the file deleted; `token_file`: a token file an agent keeps fresh; `jwt`: a JWT file "
+        "(e.g. a projected Kubernetes service-account token), re-read at every login.",
     )
     vault_approle_mount: str = Field(default="approle", description="Mount of the AppRole method.")
     vault_approle_role: str = Field(default="mcp-server", description="The server's AppRole.")
@@ -171,6 +172,18 @@ class Settings(BaseSettings):
     )
     vault_token_file: Path | None = Field(
         default=None, description="Token file for `MCP_VAULT_LOGIN=token_file`."
+    )
+    vault_jwt_file: Path = Field(
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        description="JWT file for `MCP_VAULT_LOGIN=jwt`.",
+    )
+    vault_jwt_mount: str = Field(
+        default="kubernetes",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Mount of the `kubernetes` (or `jwt`) auth method the JWT logs in at.",
+    )
+    vault_jwt_role: str = Field(
+        default="mcp-server", min_length=1, description="Role of that login."
     )
     vault_role_prefix: str = Field(
         default="mcp-",

@@ -49,6 +49,7 @@ from server.vault.client import (
     close_client,
     make_client,
 )
+from server.vault.jwt_login import JwtFileLogin
 from server.vault.settings_source import SecretReader
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,12 @@ class TokenFileLogin:
 
 
 def server_login_from(settings: Settings) -> ServerLogin:
+    if settings.vault_login == "jwt":
+        return JwtFileLogin(
+            jwt_file=settings.vault_jwt_file,
+            mount=settings.vault_jwt_mount,
+            role=settings.vault_jwt_role,
+        )
     if settings.vault_login == "token_file":
         assert settings.vault_token_file is not None  # settings validate this
         return TokenFileLogin(settings.vault_token_file)
