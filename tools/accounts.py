@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Final, Literal
 
@@ -37,6 +36,7 @@ from server.identities import ToolIdentity
 from server.pii import PII_IDENTITY, PII_KEY
 from server.principal import Principal
 from server.store import Account, Refund, Store
+from server.timestamps import Timestamp
 from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "finance"
@@ -69,8 +69,8 @@ class AccountOut(BaseModel):
     phone: str = Field(description="Contact phone; masked unless you may see personal data.")
     pii_masked: bool
     balance: Decimal = Field(description="Refundable balance in the account currency.")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
     @classmethod
     def of(cls, row: Account, *, contacts: tuple[str, str] | None) -> AccountOut:

@@ -34,6 +34,7 @@ from server.dependencies import get_principal, get_record_access, get_store, too
 from server.identities import KvSecret, ToolIdentity
 from server.principal import Principal
 from server.store import Outbox, Store, Ticket
+from server.timestamps import Timestamp
 from server.tooling import DESTRUCTIVE, READ_ONLY, WRITES, Deleted, policy_attributes
 
 DEPARTMENT = "support"
@@ -69,8 +70,8 @@ class TicketOut(BaseModel):
     assignee: str = Field(description='User id of the assignee, "" when unassigned.')
     created_by: str
     resolution: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
     @classmethod
     def of(cls, row: Ticket) -> TicketOut:
