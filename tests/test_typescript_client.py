@@ -1,12 +1,15 @@
-"""The official TypeScript SDK client (what MCP Inspector and most desktop and IDE clients run)
-gets what the Python client gets, for every demo principal.
+"""The official TypeScript SDK clients (what MCP Inspector and most desktop and IDE clients run)
+get what the Python client gets, for every demo principal.
 
 The TypeScript client (tests/interop/mcp_client.mjs, installed by ``make interop-tools``) is not
 the Python one: it validates structured tool output against the tool's output schema with
-formats checked, and it acts on the advertised capabilities. For each principal it runs once
-against the real server with a plan: call every registered tool with valid arguments (plus an
-unknown one), read resources, get prompts. The expectations come from the policy suites, as in
-tests/test_authorization_matrix.py, and the Python client runs the same plan on fresh records.
+formats checked, and it acts on the advertised capabilities. It runs in three flavours: the 1.x
+SDK (``@modelcontextprotocol/sdk``, desktop and IDE clients, MCP Inspector 1.x) and the 2.x
+client (``@modelcontextprotocol/client``, MCP Inspector 2.x), the latter on both protocol eras.
+For each principal and flavour it runs once against the real server with a plan: call every
+registered tool with valid arguments (plus an unknown one), read resources, get prompts. The
+expectations come from the policy suites, as in tests/test_authorization_matrix.py, and the
+Python client runs the same plan on fresh records.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,31 @@ TEMPLATES = {"ticket": "ticket://{ticket_id}", "account": "account://{account_id
 
 
 @dataclass(frozen=True)
+class Flavour:
+    """One TypeScript client: which SDK line, and how it negotiates the protocol version."""
+
+    name: str
+    sdk: str  # "sdk": @modelcontextprotocol/sdk 1.x; "client": @modelcontextprotocol/client 2.x
+    negotiation: str  # "" (the SDK default: the initialize handshake) or "auto"
+    protocol: str  # what the connection must end up speaking
+
+    def __str__(self) -> str:
+        return self.name
+
+
+FLAVOURS = [
+    Flavour("sdk-1.x", "sdk", "", "2025-11-25"),
+    Flavour("client-2.x", "client", "", "2025-11-25"),
+    Flavour("client-2.x-discover", "client", "auto", "2026-07-28"),
+]
+
+
+@dataclass(frozen=True)
 class NodeClient:
     node: Path
     modules: Path
 
-    def run(self, url: str, token: str, plan: dict[str, Any]) -> dict[str, Any]:
+    def run(self, url: str, token: str, plan: dict[str, Any], flavour: Flavour) -> dict[str, Any]:
         completed = subprocess.run(
             [str(self.node), str(CLIENT_SCRIPT), url],
             input=json.dumps(plan),
@@ -57,6 +79,8 @@ class NodeClient:
                 "PATH": os.defpath,
                 "MCP_BEARER_TOKEN": token,
                 "NODE_CLIENT_DIR": str(self.modules),
+                "MCP_TS_SDK": flavour.sdk,
+                "MCP_TS_NEGOTIATION": flavour.negotiation,
             },
         )
         assert completed.returncode == 0, f"node client failed: {completed.stderr}"
@@ -68,8 +92,8 @@ def node_client() -> NodeClient:
     configured = os.environ.get("NODE_BIN")
     nodes = [Path(configured)] if configured else sorted(ROOT.glob(".tools/node-*/node"))
     modules = Path(os.environ.get("NODE_CLIENT_DIR") or ROOT / ".tools" / "node-client")
-    sdk = modules / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
-    if not nodes or not nodes[-1].is_file() or not sdk.is_file():
+    sdks = [modules / "node_modules" / "@modelcontextprotocol" / f.sdk for f in FLAVOURS]
+    if not nodes or not nodes[-1].is_file() or not all(p.is_dir() for p in sdks):
         pytest.fail("Node or the TypeScript MCP SDK not found: run `make interop-tools`")
     return NodeClient(nodes[-1], modules)
 
@@ -90,16 +114,24 @@ def plan_for(server: RunningServer, who: str, reads: list[str]) -> dict[str, Any
     return {"calls": calls, "reads": reads, "prompts": prompts}
 
 
+READS: dict[tuple[str, str], list[str]] = {}
+
+
 def readable_uris(server: RunningServer, who: str) -> list[str]:
-    """A missing URI, and one record per template the principal could read if allowed."""
-    team = "tier2" if who == "bob" else "tier1"
-    category = "billing" if who == "carol" else "technical"
-    ticket = insert_ticket(server.db_path, team=team, category=category)
-    return [MISSING_URI, f"ticket://{ticket}", f"account://{insert_account(server.db_path)}"]
+    """A missing URI, and one record per template the principal could read if allowed; the same
+    for every client of the principal (reads change nothing)."""
+    key = (server.url, who)
+    if key not in READS:
+        team = "tier2" if who == "bob" else "tier1"
+        category = "billing" if who == "carol" else "technical"
+        ticket = insert_ticket(server.db_path, team=team, category=category)
+        account = insert_account(server.db_path)
+        READS[key] = [MISSING_URI, f"ticket://{ticket}", f"account://{account}"]
+    return READS[key]
 
 
 def strip_sdk_prefix(message: str, code: int | None) -> str:
-    """The TypeScript SDK's McpError message is ``MCP error <code>: <server message>``."""
+    """The 1.x SDK's McpError message is ``MCP error <code>: <server message>``."""
     prefix = f"MCP error {code}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
 
@@ -122,7 +154,6 @@ class Run:
     plan: dict[str, Any]
     report: dict[str, Any]
     reached: list[str]
-    seconds: float
 
     def calls(self) -> dict[str, dict[str, Any]]:
         return {c["tool"]: c for c in self.report["calls"]}
@@ -161,29 +192,30 @@ async def python_outcomes(server: RunningServer, who: str, plan: dict[str, Any])
     return outcomes
 
 
-RUNS: dict[tuple[str, str], Run] = {}
+RUNS: dict[tuple[str, str, str], Run] = {}
 PYTHON_RUNS: dict[tuple[str, str], dict[str, Any]] = {}
 
 
-def typescript_run(server: RunningServer, node_client: NodeClient, who: str) -> Run:
-    """The principal's one TypeScript-client run on this server (cached: one Node process each)."""
-    key = (server.url, who)
+def typescript_run(
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
+) -> Run:
+    """The principal's one run of this TypeScript client on this server (cached: one Node
+    process per principal and flavour)."""
+    key = (server.url, who, flavour.name)
     if key not in RUNS:
         plan = plan_for(server, who, readable_uris(server, who))
         reached_before = len(server.reached.calls)
-        started = time.monotonic()
-        report = node_client.run(server.url, server.token(who), plan)
-        seconds = time.monotonic() - started
-        RUNS[key] = Run(plan, report, server.reached.calls[reached_before:], seconds)
+        report = node_client.run(server.url, server.token(who), plan, flavour)
+        RUNS[key] = Run(plan, report, server.reached.calls[reached_before:])
     return RUNS[key]
 
 
-async def python_run(server: RunningServer, node_client: NodeClient, who: str) -> dict[str, Any]:
+async def python_run(server: RunningServer, who: str) -> dict[str, Any]:
     """The Python client on the same plan: the same reads and prompts, fresh records for calls."""
     key = (server.url, who)
     if key not in PYTHON_RUNS:
-        reads = typescript_run(server, node_client, who).plan["reads"]
-        PYTHON_RUNS[key] = await python_outcomes(server, who, plan_for(server, who, reads))
+        plan = plan_for(server, who, readable_uris(server, who))
+        PYTHON_RUNS[key] = await python_outcomes(server, who, plan)
     return PYTHON_RUNS[key]
 
 
@@ -194,11 +226,12 @@ def allowed(matrix: Any, who: str, action: str) -> set[str]:
 # --- the tests -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
 def test_typescript_client_lists_exactly_what_the_policies_allow(
-    server: RunningServer, node_client: NodeClient, who: str
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
 ) -> None:
-    report = typescript_run(server, node_client, who).report
+    report = typescript_run(server, node_client, who, flavour).report
     assert set(report["tools"]) == allowed(TOOLS, who, "list")
     assert set(report["resourceTemplates"]) == allowed(RESOURCES, who, "list")
     assert set(report["prompts"]) == allowed(PROMPTS, who, "list")
@@ -207,13 +240,14 @@ def test_typescript_client_lists_exactly_what_the_policies_allow(
         assert len(report[listed]) == len(set(report[listed])), listed
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
 def test_allowed_calls_pass_the_typescript_sdk_output_validation(
-    server: RunningServer, node_client: NodeClient, who: str
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
 ) -> None:
     """The SDK checked each structured result against the tool's output schema (ajv, formats
     included); a mismatch would have surfaced as a raised -32602, after the tool already ran."""
-    run = typescript_run(server, node_client, who)
+    run = typescript_run(server, node_client, who, flavour)
     calls = run.calls()
     permitted = [t for t in REGISTERED_TOOLS if TOOLS.allows(who, t, "call")]
     for tool in permitted:
@@ -224,11 +258,12 @@ def test_allowed_calls_pass_the_typescript_sdk_output_validation(
     assert run.reached == permitted
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
 def test_denied_calls_look_like_unknown_tools_to_the_typescript_client(
-    server: RunningServer, node_client: NodeClient, who: str
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
 ) -> None:
-    calls = typescript_run(server, node_client, who).calls()
+    calls = typescript_run(server, node_client, who, flavour).calls()
     unknown = ts_outcome(calls[UNKNOWN_TOOL])
     assert unknown[0] == "tool error"
     for tool in REGISTERED_TOOLS:
@@ -236,11 +271,12 @@ def test_denied_calls_look_like_unknown_tools_to_the_typescript_client(
             assert ts_outcome(calls[tool]) == ("tool error", unknown[1].replace(UNKNOWN_TOOL, tool))
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
 def test_reads_and_prompts_follow_the_policies_in_the_typescript_client(
-    server: RunningServer, node_client: NodeClient, who: str
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
 ) -> None:
-    report = typescript_run(server, node_client, who).report
+    report = typescript_run(server, node_client, who, flavour).report
     reads = {r["uri"]: ts_outcome(r) for r in report["reads"]}
     missing = reads.pop(MISSING_URI)
     assert missing[0] == "raised"
@@ -259,12 +295,13 @@ def test_reads_and_prompts_follow_the_policies_in_the_typescript_client(
             assert outcome == (unknown[0], unknown[1], unknown[2].replace(UNKNOWN_PROMPT, name))
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 @pytest.mark.parametrize("who", DEMO_PRINCIPALS)
 async def test_typescript_and_python_clients_get_the_same_outcomes(
-    server: RunningServer, node_client: NodeClient, who: str
+    server: RunningServer, node_client: NodeClient, who: str, flavour: Flavour
 ) -> None:
-    report = typescript_run(server, node_client, who).report
-    python = await python_run(server, node_client, who)
+    report = typescript_run(server, node_client, who, flavour).report
+    python = await python_run(server, who)
     assert set(report["tools"]) == python["tools"]
     assert set(report["resourceTemplates"]) == python["templates"]
     assert set(report["resources"]) == python["resources"]
@@ -274,11 +311,12 @@ async def test_typescript_and_python_clients_get_the_same_outcomes(
     assert {p["name"]: ts_outcome(p) for p in report["prompts_get"]} == python["prompts"]
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=str)
 def test_typescript_client_connects_without_calling_anything_the_server_refuses(
-    server: RunningServer, node_client: NodeClient
+    server: RunningServer, node_client: NodeClient, flavour: Flavour
 ) -> None:
     """MCP Inspector sets a log level right after connecting when logging is advertised; the
     client script does the same, and that must not fail (here: logging is not advertised)."""
-    report = typescript_run(server, node_client, "alice").report
-    assert report["handshake"]["protocolVersion"] == "2025-11-25"
+    report = typescript_run(server, node_client, "alice", flavour).report
+    assert report["handshake"]["protocolVersion"] == flavour.protocol
     assert report.get("setLoggingLevel", {"ok": True}) == {"ok": True}

@@ -37,10 +37,15 @@ register(`data:text/javascript,${encodeURIComponent(hooks)}`, import.meta.url, {
   data: { base: pathToFileURL(join(modules, 'resolve-from-here.mjs')).href },
 });
 
-const { Client } = await import('@modelcontextprotocol/sdk/client/index.js');
-const { StreamableHTTPClientTransport } = await import(
-  '@modelcontextprotocol/sdk/client/streamableHttp.js'
-);
+// MCP_TS_SDK picks the SDK line: "sdk" (@modelcontextprotocol/sdk 1.x, the default) or "client"
+// (@modelcontextprotocol/client 2.x, what MCP Inspector 2.x runs).
+const { Client, StreamableHTTPClientTransport } =
+  (process.env.MCP_TS_SDK ?? 'sdk') === 'client'
+    ? await import('@modelcontextprotocol/client')
+    : {
+        ...(await import('@modelcontextprotocol/sdk/client/index.js')),
+        ...(await import('@modelcontextprotocol/sdk/client/streamableHttp.js')),
+      };
 
 function fail(message) {
   process.stderr.write(`${message}\n`);
@@ -92,7 +97,13 @@ if (!url) fail('usage: node mcp_client.mjs <server url> < plan.json');
 if (!token) fail('MCP_BEARER_TOKEN is not set');
 const plan = await readStdin();
 
-const client = new Client({ name: 'interop-test', version: '1.0.0' }, { capabilities: {} });
+// MCP_TS_NEGOTIATION (2.x only): "auto" probes server/discover and speaks 2026-07-28 when offered;
+// unset keeps the SDK default (the 2025-11-25 initialize handshake).
+const negotiation = process.env.MCP_TS_NEGOTIATION;
+const client = new Client(
+  { name: 'interop-test', version: '1.0.0' },
+  { capabilities: {}, ...(negotiation ? { versionNegotiation: { mode: negotiation } } : {}) },
+);
 const transport = new StreamableHTTPClientTransport(new URL(url), {
   requestInit: { headers: { Authorization: `Bearer ${token}` } },
 });
