@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,3 +321,15 @@ def test_typescript_client_connects_without_calling_anything_the_server_refuses(
     report = typescript_run(server, node_client, "alice", flavour).report
     assert report["handshake"]["protocolVersion"] == flavour.protocol
     assert report.get("setLoggingLevel", {"ok": True}) == {"ok": True}
+
+
+def test_client_docs_name_the_versions_the_makefile_pins() -> None:
+    """docs/clients.md tells people which Node and SDK versions the tests ran."""
+    makefile = (ROOT / "Makefile").read_text()
+    docs = (ROOT / "docs" / "clients.md").read_text()
+    names = "NODE_VERSION|TS_SDK_VERSION|TS_CLIENT_VERSION"
+    pins = dict(re.findall(rf"^({names}) := (\S+)$", makefile, re.MULTILINE))
+    assert set(pins) == {"NODE_VERSION", "TS_SDK_VERSION", "TS_CLIENT_VERSION"}
+    assert f".tools/node-{pins['NODE_VERSION']}" in docs
+    assert f"`@modelcontextprotocol/sdk` {pins['TS_SDK_VERSION']}" in docs
+    assert f"`@modelcontextprotocol/client` {pins['TS_CLIENT_VERSION']}" in docs
