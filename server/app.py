@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.authz import components
-from server.authz.middleware import AuthorizationMiddleware
+from server.authz.middleware import SERVED_METHODS, AuthorizationMiddleware
 from server.capability import registry
 from server.capability.declaration import Capability
 from server.edge.authn import build_auth_provider
@@ -84,6 +84,7 @@ def create_server(
         on_duplicate="error",
     )
     registry.register(mcp, capabilities)
+    _advertise_only_served_methods(mcp)
     # On 2026-07-28 connections the MCP SDK validates `Mcp-Param-*` headers of every tools/call
     # against the tool's schema. Without a lookup it finds the schema by running a whole
     # tools/list for the caller: one extra batched authorization per call. Validation only
@@ -101,6 +102,21 @@ def create_server(
 
 def _no_header_mirrored_parameters(_tool_name: str) -> None:
     return None
+
+
+def _advertise_only_served_methods(mcp: FastMCP[Any]) -> None:
+    """Unregister the SDK request handlers of methods the authorization middleware refuses.
+
+    The MCP SDK derives the advertised capabilities from the registered handlers. FastMCP
+    registers one for ``logging/setLevel``, so ``initialize`` and ``server/discover`` advertised
+    ``logging``; clients that see it (MCP Inspector) call ``logging/setLevel`` right after
+    connecting, get "method not found" from the middleware and give up. This server sends no
+    log messages to clients, so it serves no logging: it stops advertising it instead. Any
+    other handler off the allowlist goes the same way.
+    """
+    handlers = mcp._mcp_server._request_handlers
+    for method in [m for m in handlers if m not in SERVED_METHODS]:
+        del handlers[method]
 
 
 class UnsupportedToolDeclaration(ValueError):

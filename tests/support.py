@@ -249,6 +249,23 @@ def insert_account(
         return int(cur.lastrowid or 0)
 
 
+def arguments_for(example: dict[str, Any], server: RunningServer, who: str) -> dict[str, Any]:
+    """A capability's example arguments, aimed at fresh records the caller's record-level rules
+    allow (so calls never depend on each other): a ticket in their queue, an active account,
+    their own queue for a new ticket. Tests about the tool gate use these; the examples as
+    declared run as they are for an admin."""
+    arguments = dict(example)
+    team = "tier2" if who == "bob" else "tier1"
+    if "ticket_id" in arguments:
+        category = "billing" if who == "carol" else "technical"
+        arguments["ticket_id"] = insert_ticket(server.db_path, team=team, category=category)
+    elif "team" in arguments:
+        arguments["team"] = team
+    if "account_id" in arguments:
+        arguments["account_id"] = insert_account(server.db_path)
+    return arguments
+
+
 # --- PDP audit log -------------------------------------------------------------------------------
 
 

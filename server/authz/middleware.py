@@ -54,6 +54,9 @@ AUTHORIZED_METHODS: Final = frozenset(
         "prompts/get",
     }
 )
+# Every request method the server serves; the server unregisters any other handler, so that it
+# advertises no capability it would refuse (server/app.py).
+SERVED_METHODS: Final = OPEN_METHODS | AUTHORIZED_METHODS
 # Notifications the protocol needs; any other notification is dropped unprocessed.
 OPEN_NOTIFICATIONS: Final = frozenset(
     {"notifications/initialized", "notifications/cancelled", "notifications/progress"}
