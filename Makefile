@@ -41,7 +41,7 @@ NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKA
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools interop-tools dev token identities generate test lint policy-test unit e2e bench compose-up compose-token clean
+.PHONY: help install tools interop-tools dev token identities generate new-tool new-capability test lint policy-test unit e2e bench compose-up compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -107,6 +107,14 @@ token: install ## Print a bearer token for a demo principal: make token user=ali
 
 identities: install tools ## Print each Vault identity, its policies and reachable paths, read from Vault
 	@$(BIN)/python -m ops $(DEV_ENV) identities --bao $(BAO)
+
+new-tool: install ## Scaffold a tool, admins only until released: make new-tool name=<tool> capability=<capability> [kind=read|write|destructive]
+	@test -n "$(name)" -a -n "$(capability)" || { echo "usage: make new-tool name=<tool> capability=<capability> [kind=read|write|destructive]" >&2; exit 2; }
+	@$(BIN)/python -m ops new-tool "$(name)" --capability "$(capability)" --kind "$(or $(kind),read)"
+
+new-capability: install ## Scaffold a capability: make new-capability name=<capability> [identity=yes] [department=<dept>]
+	@test -n "$(name)" || { echo "usage: make new-capability name=<capability> [identity=yes] [department=<dept>]" >&2; exit 2; }
+	@$(BIN)/python -m ops new-capability "$(name)" $(if $(filter yes,$(identity)),--identity) $(if $(department),--department "$(department)")
 
 generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)
 	$(BIN)/python -m ops generate

@@ -9,6 +9,8 @@ vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit 
 identities       print each Vault identity, its policies and what it can reach, read from Vault
 generate         write every generated file (policy fixtures, Vault policies, README access
                  table, configuration reference); --check only reports what is stale
+new-tool         write a tool into a capability (created if new), admins only until released
+new-capability   write a capability package, optionally with its own Vault identity
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     generate = commands.add_parser("generate", help="write every generated file")
     generate.add_argument("--check", action="store_true", help="only report stale files")
+    new_tool = commands.add_parser("new-tool", help="scaffold a tool (admins only until released)")
+    new_tool.add_argument("name")
+    new_tool.add_argument("--capability", required=True)
+    new_tool.add_argument("--kind", choices=["read", "write", "destructive"], default="read")
+    new_cap = commands.add_parser("new-capability", help="scaffold a capability package")
+    new_cap.add_argument("name")
+    new_cap.add_argument("--identity", action="store_true", help="with its own Vault identity")
+    new_cap.add_argument("--department", help="the department that owns it (default: its name)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -76,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from ops.generate import main as generate_main
 
         return generate_main(check=args.check)
+    if args.command in ("new-tool", "new-capability"):
+        return _scaffold(args)
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     if args.command == "token":
@@ -91,6 +103,33 @@ def main(argv: list[str] | None = None) -> int:
             settings, args.admin_token_file, args.out_dir, args.database_password_file
         )
     return _identities(settings, args.admin_token_file, args.bao)
+
+
+def _scaffold(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ops import scaffold
+
+    try:
+        if args.command == "new-tool":
+            changes = scaffold.new_tool(args.name, args.capability, kind=args.kind)
+        else:
+            changes = scaffold.new_capability(
+                args.name, identity=args.identity, department=args.department
+            )
+    except scaffold.ScaffoldError as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 2
+    # What is generated from the declarations, in a fresh interpreter that sees the new code.
+    generated = subprocess.run(
+        [sys.executable, "-m", "ops", "generate"], capture_output=True, text=True, check=False
+    )
+    for line in [*changes.files(), *generated.stdout.splitlines(), *changes.notes]:
+        print(line)
+    if generated.returncode != 0:
+        print(generated.stderr, file=sys.stderr)
+        return generated.returncode
+    return 0
 
 
 def _vault_bootstrap(
