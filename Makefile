@@ -41,7 +41,7 @@ NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKA
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools interop-tools dev token identities generate new-tool new-capability test lint policy-test unit e2e bench compose-up compose-token clean
+.PHONY: help install tools interop-tools dev token identities access-report access-diff generate new-tool new-capability test lint policy-test unit e2e bench compose-up compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -115,6 +115,13 @@ new-tool: install ## Scaffold a tool, admins only until released: make new-tool 
 new-capability: install ## Scaffold a capability: make new-capability name=<capability> [identity=yes] [department=<dept>]
 	@test -n "$(name)" || { echo "usage: make new-capability name=<capability> [identity=yes] [department=<dept>]" >&2; exit 2; }
 	@$(BIN)/python -m ops new-capability "$(name)" $(if $(filter yes,$(identity)),--identity) $(if $(department),--department "$(department)")
+
+access-report: install ## Ask the running PDP (`make dev`; MCP_PDP_ADDRESS) who may do what: .dev/access/report.{md,json}
+	@$(BIN)/python -m ops $(DEV_ENV) access-report
+
+access-diff: install tools ## What your policy change grants and revokes: make access-diff ref=<git ref, e.g. main>
+	@test -n "$(ref)" || { echo "usage: make access-diff ref=<git ref, e.g. main or HEAD~1>" >&2; exit 2; }
+	@$(BIN)/python -m ops $(DEV_ENV) access-diff --cerbos $(CERBOS) "$(ref)"
 
 generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)
 	$(BIN)/python -m ops generate

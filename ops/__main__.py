@@ -11,6 +11,10 @@ generate         write every generated file (policy fixtures, Vault policies, RE
                  table, configuration reference); --check only reports what is stale
 new-tool         write a tool into a capability (created if new), admins only until released
 new-capability   write a capability package, optionally with its own Vault identity
+access-report    ask the running PDP who may do what (principals x components x actions, and
+                 record examples); writes .dev/access/report.md and report.json
+access-diff REF  what the working tree's policies grant and revoke compared with REF's, asked
+                 of two throw-away PDPs
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     new_cap.add_argument("name")
     new_cap.add_argument("--identity", action="store_true", help="with its own Vault identity")
     new_cap.add_argument("--department", help="the department that owns it (default: its name)")
+    report = commands.add_parser("access-report", help="ask the running PDP who may do what")
+    report.add_argument("--out-dir", type=Path, help="default: .dev/access")
+    diff = commands.add_parser(
+        "access-diff", help="what a policy change grants and revokes, compared with a git ref"
+    )
+    diff.add_argument("ref", help="git revision to compare with, e.g. main or HEAD~1")
+    diff.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
+    diff.add_argument(
+        "--repo", type=Path, help="git work tree whose policies/ is compared (default: this one)"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -98,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         from ops.dev import run_dev
 
         return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
+    if args.command == "access-report":
+        from ops import access_report
+
+        return access_report.main(settings, args.out_dir or access_report.OUT_DIR)
+    if args.command == "access-diff":
+        from ops import access_diff
+
+        return access_diff.main(args.cerbos, args.ref, settings, repo=args.repo)
     if args.command == "vault-bootstrap":
         return _vault_bootstrap(
             settings, args.admin_token_file, args.out_dir, args.database_password_file

@@ -54,9 +54,15 @@ def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=120, default_flow_style=None)
 
 
-def fixtures(suite: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Resource fixtures and resource groups: the shared testdata plus a suite's own."""
-    shared = load_yaml(FIXTURES / "resources.yaml")
+def fixtures(
+    suite: dict[str, Any] | None = None, *, testdata: Path = FIXTURES
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Resource fixtures and resource groups: the shared testdata plus a suite's own.
+
+    ``testdata``: the suites' shared fixtures directory (another revision's, for a diff).
+    """
+    path = testdata / "resources.yaml"
+    shared = load_yaml(path) if path.exists() else {}
     resources = {**shared.get("resources", {}), **((suite or {}).get("resources") or {})}
     groups = {
         name: list(group["resources"])
