@@ -244,17 +244,15 @@ def compile_policies(cerbos: Path, policies: Path, label: str) -> None:
         raise DiffError(f"the policies of {label} do not compile: {detail[:400]}")
 
 
-def diff_questions(
-    settings: Settings, policies: Path, ref_policies: Path, before: str
-) -> Questions:
-    """The report's questions for the working tree, plus what only the revision knows."""
+def diff_questions(settings: Settings, policies: Path, ref_policies: Path, ref: str) -> Questions:
+    """The report's questions for the working tree, plus what only the revision ``ref`` knows;
+    a component the revision's fixtures do not describe is marked new."""
     capabilities = registry.load(settings.capabilities)
     current = registered_components(settings)
-    ref_only = f"only at {before}"
+    ref_only = f"only at {ref}"
     known_at_ref = {s.key for s in ref_components(ref_policies, note="")}
     if known_at_ref:
-        new = f"new since {before}"
-        current = [s if s.key in known_at_ref else _noted(s, new) for s in current]
+        current = [s if s.key in known_at_ref else _noted(s, f"new since {ref}") for s in current]
     return with_subjects(
         Questions(
             principals=policy_principals(),
@@ -292,7 +290,7 @@ def diff(
         with ThreadPoolExecutor(max_workers=2) as pool:
             starting = [pool.submit(_serve, cerbos, *side) for side in sides]
             try:
-                questions = diff_questions(settings, policies, ref_policies, before)
+                questions = diff_questions(settings, policies, ref_policies, ref)
                 was, now = (future.result() for future in starting)
                 answers = asyncio.run(
                     _ask_both(was.grpc_address, now.grpc_address, questions, settings)

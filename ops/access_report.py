@@ -15,6 +15,7 @@ the answers are the PDP's, not a reading of the YAML.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import uuid
@@ -126,10 +127,15 @@ def component_subjects(refs: Mapping[str, Sequence[ResourceRef]], note: str = ""
 
 def registered_components(settings: Settings) -> list[Subject]:
     """Every component the server registers, built without starting anything."""
+    return list(_registered_components(settings.capabilities))
+
+
+@functools.cache
+def _registered_components(capabilities: str) -> tuple[Subject, ...]:
     from ops.generate import registered_refs  # builds a server object: no I/O
 
-    return component_subjects(
-        registered_refs(Settings(transport="stdio", capabilities=settings.capabilities))
+    return tuple(
+        component_subjects(registered_refs(Settings(transport="stdio", capabilities=capabilities)))
     )
 
 

@@ -44,8 +44,12 @@ class Matrix:
         return [c for c in self.components if self.allows(principal, c, action)]
 
 
+# libyaml's loader when PyYAML has it: the same documents, read several times faster.
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
+    data = yaml.load(path.read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader
     return data if isinstance(data, dict) else {}
 
 
