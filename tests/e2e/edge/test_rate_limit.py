@@ -10,7 +10,7 @@ import pytest
 from mcp import MCPError
 
 from ops.devstack import PDP
-from server.authz.errors import RATE_LIMITED
+from server.edge.ratelimit import RATE_LIMITED
 from server.settings import Settings
 from tests.support import RunningServer, entry_principals, pdp_decisions, start_server
 
