@@ -14,7 +14,6 @@ from fastmcp.exceptions import McpError, ToolError
 # JSON-RPC error codes (implementation-defined server range, plus the standard ones we mimic).
 AUTHORIZATION_UNAVAILABLE: Final = -32001
 NOT_AUTHORIZED: Final = -32003
-RATE_LIMITED: Final = -32029
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 

@@ -28,7 +28,6 @@ from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
     METHOD_NOT_FOUND,
     NOT_AUTHORIZED,
-    RATE_LIMITED,
     UNAVAILABLE_MESSAGE,
     AuthorizationUnavailable,
     not_found,
@@ -36,7 +35,6 @@ from server.authz.errors import (
 from server.authz.pdp import PolicyDecisionPoint
 from server.authz.request_context import RequestInfo, bind_request, current_request, unbind_request
 from server.edge.principal import InvalidClaims, Principal, principal_from_claims
-from server.edge.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +69,10 @@ class AuthorizationMiddleware(Middleware):
         pdp: PolicyDecisionPoint,
         *,
         local_principal: Principal | None,
-        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.pdp = pdp
         # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
         self.local_principal = local_principal
-        self.rate_limiter = rate_limiter
 
     # --- every request -------------------------------------------------------------------------
 
@@ -95,15 +91,6 @@ class AuthorizationMiddleware(Middleware):
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
-        if self.rate_limiter is not None:
-            wait = self.rate_limiter.retry_after(principal.id)
-            if wait > 0:
-                tracing.refuse_request("rate_limited", principal)
-                raise McpError(
-                    code=RATE_LIMITED,
-                    message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",
-                    data={"retry_after_seconds": round(wait, 3)},
-                )
         request_id = uuid.uuid4().hex
         token = bind_request(RequestInfo(request_id=request_id, principal=principal))
         tracing.tag_request(request_id, principal)

@@ -76,6 +76,7 @@ DenialReason = Literal[
     # refused by the middleware before any decision:
     "unknown_method",
     "no_principal",
+    # refused at the HTTP edge (server/edge/ratelimit.py), before any MCP work:
     "rate_limited",
 ]
 
@@ -284,11 +285,14 @@ def allow_request() -> None:
         span.set_attribute(EFFECT, ALLOW)
 
 
-def refuse_request(reason: DenialReason, principal: Principal | None = None) -> None:
-    """The request is refused: ERROR status and the reason on the server span."""
+def refuse_request(reason: DenialReason, principal: Principal | str | None = None) -> None:
+    """The request is refused: ERROR status and the reason on the server span (at the HTTP
+    edge: on the HTTP span, when the request carried a ``traceparent`` header)."""
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({EFFECT: DENY, DENIAL_REASON: reason})
         if principal is not None:
-            span.set_attribute(PRINCIPAL_ID, principal.id)
+            span.set_attribute(
+                PRINCIPAL_ID, principal if isinstance(principal, str) else principal.id
+            )
         span.set_status(Status(StatusCode.ERROR, f"authorization denied: {reason}"))
