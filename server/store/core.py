@@ -43,12 +43,21 @@ class Base(DeclarativeBase):
 
 
 class Store:
-    """Owns the engine; hands out one session (and transaction) per unit of work."""
+    """Owns the engine; hands out one session (and transaction) per unit of work.
 
-    def __init__(self, url: str) -> None:
+    ``clock`` is the store's time (naive UTC, as stored): what rows are stamped with and what
+    "today" means for limits summed per day. Tests replace it to move to another day.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.url = url
+        self.clock = clock
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    def now(self) -> datetime:
+        """The store's current time, naive UTC."""
+        return self.clock()
 
     @property
     def engine(self) -> AsyncEngine:
