@@ -20,6 +20,8 @@ from typing import Any, Final, Literal, get_args
 from fastmcp.exceptions import McpError, ToolError
 from pydantic_core.core_schema import ErrorType
 
+from server.authz.request_context import current_target
+
 # JSON-RPC error codes (implementation-defined server range, plus the standard ones we mimic).
 AUTHORIZATION_UNAVAILABLE: Final = -32001
 NOT_AUTHORIZED: Final = -32003
@@ -75,12 +77,20 @@ def not_found(component_type: Literal["tool", "resource", "prompt"], name: str) 
     return ComponentNotFound(code=INVALID_PARAMS, message=f"Unknown prompt: {name!r}")
 
 
+def resource_not_found() -> Exception:
+    """ "Not found" for the resource URI the current request reads, exactly as it was sent: what
+    a resource function raises for a record that is missing or that the caller may not view."""
+    return not_found("resource", current_target())
+
+
 class _ExpectedOutcomesOnOneLine(logging.Filter):
     """Drops the traceback of a record about an ``ExpectedOutcome`` and logs it at INFO."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-        if isinstance(exc, ExpectedOutcome):
+        if not record.exc_info:
+            record.exc_info = None  # FastMCP passes exc_info=False for its one-line errors
+        elif isinstance(exc, ExpectedOutcome):
             record.exc_info = None
             record.exc_text = None
             record.levelno = logging.INFO

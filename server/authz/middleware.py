@@ -41,7 +41,13 @@ from server.authz.errors import (
     not_found,
 )
 from server.authz.pdp import PolicyDecisionPoint
-from server.authz.request_context import RequestInfo, bind_request, current_request, unbind_request
+from server.authz.request_context import (
+    RequestInfo,
+    bind_request,
+    bind_target,
+    current_request,
+    unbind_request,
+)
 from server.edge.principal import InvalidClaims, Principal, principal_from_claims
 from server.edge.ratelimit import RateLimiter
 
@@ -222,6 +228,7 @@ class AuthorizationMiddleware(Middleware):
     ) -> None:
         """Allow using ``component`` or raise "not found". An unregistered name (``component``
         None) is asked about all the same, so it takes the path and the time of a real one."""
+        bind_target(name)
         found = component is not None
         ref = (
             to_ref(component)

@@ -8,7 +8,7 @@ A capability (``tools/<name>/``) imports the runtime only through this package.
 
 from server.authz.confirmation import Confirmed, ask_human, spend_confirmation
 from server.authz.decisions import ResourceDecision, ResourceRef
-from server.authz.errors import ExpectedToolError
+from server.authz.errors import ExpectedToolError, resource_not_found
 from server.authz.errors import not_found as component_not_found
 from server.authz.records import (
     MISSING,
@@ -64,6 +64,7 @@ __all__ = [
     "get_store",
     "obligations",
     "random_secret",
+    "resource_not_found",
     "spend_confirmation",
     "tool_identity",
     "utcnow",

@@ -15,9 +15,9 @@ from server.capability import (
     RecordAccess,
     Store,
     ToolIdentity,
-    component_not_found,
     get_record_access,
     get_store,
+    resource_not_found,
     tool_identity,
 )
 from tools.accounts import pii
@@ -91,7 +91,7 @@ async def account_resource(
 ) -> str:
     # The id as written in the URI: anything but a canonical id names no account. An account the
     # caller may not view reads exactly like a URI that matches nothing, by the same path.
-    missing = component_not_found("resource", f"account://{account_id}")
+    missing = resource_not_found()
     async with store.transaction() as session:
         account = await viewable(session, access, identity, account_id, missing)
         return account.model_dump_json()

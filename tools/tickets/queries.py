@@ -14,9 +14,9 @@ from server.capability import (
     READ_ONLY,
     RecordAccess,
     Store,
-    component_not_found,
     get_record_access,
     get_store,
+    resource_not_found,
 )
 from tools.tickets.access import authorized
 from tools.tickets.models import (
@@ -82,7 +82,7 @@ async def ticket_resource(
 ) -> str:
     # The id as written in the URI: anything but a canonical id names no ticket. A ticket the
     # caller may not view reads exactly like a URI that matches nothing, by the same path.
-    missing = component_not_found("resource", f"ticket://{ticket_id}")
+    missing = resource_not_found()
     async with store.transaction() as session:
         ticket, _ = await access.load(
             session, TICKET, ticket_id, "view", not_found=missing, doing="view it"
