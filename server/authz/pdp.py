@@ -11,13 +11,14 @@ Every decision is one ``authz.check`` / ``authz.plan`` span (``server.authz.trac
 each decision in it, and every RPC carries the trace context (W3C ``traceparent``) as gRPC
 metadata, so the PDP's own spans continue the trace under that decision span.
 
-Policy hot reloads: while the PDP swaps in edited policies it can, for a few milliseconds, find
-no policy at all for a kind whose derived roles changed, and answers DENY with no matched policy
-(``NO_MATCH``), or an ALWAYS_DENIED plan. Every kind this server asks about has a policy, so such
-an answer is asked again once, after ``RELOAD_PAUSE_SECONDS``, within the same deadline; the
-second answer stands, whatever it is (a retry never turns a refusal into an ALLOW by itself: the
-PDP decides again). Past the deadline nothing is retried: a PDP that stalls longer than the
-deadline while it recompiles (it can, on a busy host) gives "Authorization unavailable".
+Policy hot reloads: while the PDP swaps in edited policies it can, for milliseconds (longer on a
+busy host), find no policy at all for a kind whose derived roles changed, and answers DENY with
+no matched policy (``NO_MATCH``), or an ALWAYS_DENIED plan. Every kind this server asks about has
+a policy, so such an answer is asked again, after ``RELOAD_PAUSE_SECONDS`` and then twice as long
+each time, as long as a quarter of the deadline would be left; the last answer stands, whatever
+it is (a retry never turns a refusal into an ALLOW by itself: the PDP decides again). Past the
+deadline nothing is retried: a PDP that stalls longer than the deadline while it recompiles (it
+can, on a busy host) gives "Authorization unavailable".
 """
 
 from __future__ import annotations
@@ -154,16 +155,18 @@ class PolicyDecisionPoint:
             )
             deadline = asyncio.get_running_loop().time() + self.timeout_seconds
             reply, decisions = await self._check_once(request, entries, request_id, deadline)
-            if _unmatched(decisions) and self._time_for_retry(deadline):
+            pause = RELOAD_PAUSE_SECONDS
+            while _unmatched(decisions) and self._time_for_retry(deadline, pause):
                 span.retried(NO_MATCH)
-                await asyncio.sleep(RELOAD_PAUSE_SECONDS)
+                await asyncio.sleep(pause)
+                pause *= 2
                 reply, decisions = await self._check_once(request, entries, request_id, deadline)
-                if _unmatched(decisions):
-                    log.warning(
-                        "no policy matched %s for request %s, asked twice: is a policy missing?",
-                        sorted({d.resource.kind for d in decisions if _unmatched([d])}),
-                        request_id,
-                    )
+            if _unmatched(decisions):
+                log.warning(
+                    "no policy matched %s for request %s: a policy reload, or a missing policy",
+                    sorted({d.resource.kind for d in decisions if _unmatched([d])}),
+                    request_id,
+                )
             span.call_id(reply.cerbos_call_id)
             span.checked(decisions, must_allow)
             return reply.cerbos_call_id, decisions
@@ -180,9 +183,9 @@ class PolicyDecisionPoint:
             raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
         return reply, _read_results(reply, entries)
 
-    def _time_for_retry(self, deadline: float) -> bool:
-        """Whether a retry after the pause still has a useful share of the deadline left."""
-        left = deadline - asyncio.get_running_loop().time() - RELOAD_PAUSE_SECONDS
+    def _time_for_retry(self, deadline: float, pause: float) -> bool:
+        """Whether a retry after ``pause`` still has a useful share of the deadline left."""
+        left = deadline - asyncio.get_running_loop().time() - pause
         return left > self.timeout_seconds / 4
 
     async def plan(
@@ -211,9 +214,11 @@ class PolicyDecisionPoint:
             # The PDP says NO_MATCH for a plan both when no policy exists (a reload) and when no
             # rule of the policy applies to the principal: ask again in both cases (the second
             # only costs a refused caller a pause).
-            if _unmatched_plan(reply) and self._time_for_retry(deadline):
+            pause = RELOAD_PAUSE_SECONDS
+            while _unmatched_plan(reply) and self._time_for_retry(deadline, pause):
                 span.retried(NO_MATCH)
-                await asyncio.sleep(RELOAD_PAUSE_SECONDS)
+                await asyncio.sleep(pause)
+                pause *= 2
                 reply = await self._plan_once(request, request_id, deadline)
             span.call_id(reply.cerbos_call_id)
             if reply.resource_kind != kind or reply.action != action:
