@@ -9,6 +9,7 @@ from a policy must select exactly the rows a per-row decision would allow.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,7 +36,11 @@ def utcnow() -> datetime:
 
 
 class RecordChanged(ToolError):
-    """A concurrent write won: this one was rolled back."""
+    """A concurrent write won: this one was rolled back. An answer (retry), not a failure: one
+    log line at INFO."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, log_level=logging.INFO)
 
 
 class Base(DeclarativeBase):
