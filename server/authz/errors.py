@@ -66,6 +66,13 @@ class ComponentNotFound(ExpectedOutcome, McpError):
     """JSON-RPC "not found" for a resource or prompt (also raised from inside a resource)."""
 
 
+class InvalidParams(ExpectedOutcome, McpError):
+    """JSON-RPC "invalid params": arguments a component's declaration refuses."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(code=INVALID_PARAMS, message=message)
+
+
 def not_found(component_type: Literal["tool", "resource", "prompt"], name: str) -> Exception:
     """Exactly what FastMCP answers for a component that does not exist."""
     if component_type == "tool":

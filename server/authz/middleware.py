@@ -29,14 +29,13 @@ from server.authz.components import ComponentType
 from server.authz.decisions import CheckResult, ResourceDecision, ResourceRef
 from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
-    INVALID_PARAMS,
     METHOD_NOT_FOUND,
     NOT_AUTHORIZED,
     RATE_LIMITED,
     UNAVAILABLE_MESSAGE,
     AuthorizationUnavailable,
-    ComponentNotFound,
     ExpectedOutcome,
+    InvalidParams,
     invalid_arguments,
     not_found,
 )
@@ -216,7 +215,7 @@ class AuthorizationMiddleware(Middleware):
         if missing:
             # FastMCP would log the refusal with two tracebacks; it is an answer, not a failure.
             message = invalid_arguments(f"prompt {name!r}", {a.name for a in declared}, missing)
-            raise ComponentNotFound(code=INVALID_PARAMS, message=message)
+            raise InvalidParams(message)
         return await call_next(context)
 
     async def _require(

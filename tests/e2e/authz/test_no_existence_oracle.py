@@ -7,7 +7,7 @@ asserted (that is for benchmarks)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ops.devstack import PDP
 from ops.policy_suites import component_matrix
+from server.settings import Settings
 from tests.support import (
     SERVER,
     RunningServer,
@@ -29,11 +30,24 @@ from tests.support import (
     pdp_decisions,
     server_logs,
     spans_of_trace,
+    start_server,
 )
 from tools import CAPABILITIES
 from tools.tickets.models import TICKET
 
 MISSING_ID = 987_654
+
+
+@pytest.fixture(scope="module")
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    """A server of this module's own, with a PDP deadline well above a busy host's latency: a
+    deadline missed on one path and not on the other would make them differ for a reason that
+    has nothing to do with the record (and fail closed, which other tests cover)."""
+    running = start_server(make_settings(pdp, pdp_timeout_seconds=3.0), token)
+    yield running
+    running.stop()
 
 
 @dataclass(frozen=True)
