@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.authz import components
+from server.authz.errors import quiet_expected_outcomes
 from server.authz.middleware import SERVED_METHODS, AuthorizationMiddleware
 from server.capability import registry
 from server.capability.declaration import Capability
@@ -47,6 +48,8 @@ def create_server(
         capabilities = runtime.capabilities if runtime else registry.load(settings.capabilities)
     runtime = runtime or build_runtime(settings, capabilities)
     pdp = runtime.pdp
+    # Not found, not permitted, invalid input: one log line each, never a traceback.
+    quiet_expected_outcomes()
 
     @asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:

@@ -9,6 +9,7 @@ from a policy must select exactly the rows a per-row decision would allow.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,7 +36,11 @@ def utcnow() -> datetime:
 
 
 class RecordChanged(ToolError):
-    """A concurrent write won: this one was rolled back."""
+    """A concurrent write won: this one was rolled back. An answer (retry), not a failure: one
+    log line at INFO."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, log_level=logging.INFO)
 
 
 class Base(DeclarativeBase):
@@ -43,12 +48,21 @@ class Base(DeclarativeBase):
 
 
 class Store:
-    """Owns the engine; hands out one session (and transaction) per unit of work."""
+    """Owns the engine; hands out one session (and transaction) per unit of work.
 
-    def __init__(self, url: str) -> None:
+    ``clock`` is the store's time (naive UTC, as stored): what rows are stamped with and what
+    "today" means for limits summed per day. Tests replace it to move to another day.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.url = url
+        self.clock = clock
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    def now(self) -> datetime:
+        """The store's current time, naive UTC."""
+        return self.clock()
 
     @property
     def engine(self) -> AsyncEngine:

@@ -3,6 +3,7 @@ policy-derived SQL filters, encrypted personal data and money movement all work 
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
@@ -24,7 +25,7 @@ from server.authz.decisions import ResourceRef
 from server.authz.pdp import PolicyDecisionPoint
 from server.edge.principal import principal_from_claims
 from server.settings import Settings
-from tests.support import RunningServer, start_server
+from tests.support import GrpcServicerThread, RunningServer, start_server
 from tools.tickets.models import TICKET
 
 
@@ -215,3 +216,48 @@ async def test_writes_personal_data_and_confirmed_refunds_work_on_postgres(
     assert stored[0]["email"].startswith("vault:v1:")  # only ciphertext at rest
     outbox = await fetch(postgres, "SELECT count(*) AS n FROM outbox")
     assert outbox[0]["n"] >= 1
+
+
+async def test_two_concurrent_refunds_cannot_both_slip_under_the_limit_on_postgres(
+    pg_server: RunningServer,
+    postgres: tuple[Postgres, str],
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+) -> None:
+    """As on SQLite (tests/e2e/authz/test_refund_limits.py): both refunds are decided on a day's
+    sum of 0; under READ COMMITTED the second write waits for the first and then finds the
+    account's version moved, so it is rolled back."""
+    from tests.e2e.authz.test_refund_limits import SlowRefundDecisions
+
+    account = 4  # seeded, enough balance, refunded by no other test here
+    with GrpcServicerThread(SlowRefundDecisions(pdp.grpc_address, delay=0.4)) as proxy:
+        proxied = PDP(
+            process=None,  # type: ignore[arg-type]
+            grpc_address=f"127.0.0.1:{proxy.port}",
+            http_url="",
+            audit_log=pdp.audit_log,
+        )
+        settings = make_settings(
+            proxied, database_url=pg_server.settings.database_url, pdp_timeout_seconds=3.0
+        )
+        server = start_server(settings, token)
+        try:
+
+            async def refund() -> Any:
+                async with server.client("carol") as client:
+                    return await client.call_tool(
+                        "issue_refund",
+                        {"account_id": account, "amount": "300.00", "reason": "Concurrent"},
+                        raise_on_error=False,
+                    )
+
+            results = await asyncio.gather(refund(), refund())
+        finally:
+            server.stop()
+    assert sorted(r.is_error for r in results) == [False, True]
+    refused = next(r for r in results if r.is_error).content[0].text
+    assert "changed while this request was being decided" in refused
+    query = f"SELECT amount_cents FROM refund WHERE account_id = {account}"  # noqa: S608
+    rows = await fetch(postgres, query)
+    assert [r["amount_cents"] for r in rows] == [30_000]
