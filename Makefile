@@ -38,10 +38,14 @@ NODE_CLIENT := $(TOOLS)/node-client
 NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKAGES)' | sha256sum | cut -c1-12)
 
 # Development settings (addresses and names only); variables set in the environment win.
+# `make dev` ports and state: PORT (8000), PDP_GRPC_PORT (3593), PDP_HTTP_PORT (3592),
+# OPENBAO_PORT (8200, and + 1), ISSUER_PORT (8900), DEV_STATE_DIR (.dev), as environment or
+# make variables: `make dev PORT=9000 OPENBAO_PORT=9200` (docs/development.md).
 DEV_ENV := --env-file config/dev/dev.env
-PDP_HTTP_PORT ?= 3592
 
-.PHONY: help install tools interop-tools dev token identities access-report access-diff generate new-tool new-capability test lint policy-test unit e2e bench compose-up compose-token clean
+.PHONY: help install tools interop-tools dev stdio token identities access-report access-diff generate \
+	new-tool new-capability accept-tools test lint policy-test unit e2e audit bench compose-up \
+	compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -97,9 +101,15 @@ $(NODE_CLIENT_STAMP):
 		--ignore-scripts $(NODE_CLIENT_PACKAGES)
 	@touch $@
 
-dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
-	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) \
-		--pdp-http-port $(PDP_HTTP_PORT)
+dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all; data kept in .dev/)
+	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO)
+
+# No prerequisites and nothing echoed: a desktop client runs `make -s -C <checkout> stdio
+# user=<name>` and reads MCP from stdout, so only the server may write there.
+stdio: ## MCP over stdio as a demo principal, next to a running `make dev`: make -s stdio user=erin
+	@test -n "$(user)" || { echo "usage: make -s stdio user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
+	@test -x $(BIN)/python || { echo "no virtualenv: run make dev (or make install) first" >&2; exit 1; }
+	@$(BIN)/python -m ops $(DEV_ENV) stdio "$(user)"
 
 token: install ## Print a bearer token for a demo principal: make token user=alice
 	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
@@ -158,5 +168,5 @@ compose-token: ## Token from the compose stack's dev issuer: make compose-token 
 	@test -n "$(user)" || { echo "usage: make compose-token user=<name>" >&2; exit 2; }
 	@$(COMPOSE) exec -T issuer python -m ops token "$(user)"
 
-clean: ## Remove local state (.dev/); keeps the virtualenv and tools
-	rm -rf .dev
+clean: install ## Delete the development state (.dev/ or DEV_STATE_DIR), refused while make dev runs
+	@$(BIN)/python -m ops clean

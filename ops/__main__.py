@@ -1,7 +1,9 @@
 """Development and operator commands: ``python -m ops <command>`` (the Makefile wraps them).
 
 dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve;
-                 Ctrl-C stops all                                                   [development]
+                 Ctrl-C stops all; busy ports are refused before anything starts  [development]
+stdio NAME       serve MCP on stdio as a demo principal, next to a running `dev`   [development]
+clean            delete the development state (refused while `dev` runs)           [development]
 dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
 token NAME       print a bearer token for a demo principal                          [development]
 vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys) and deliver
@@ -47,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = commands.add_parser("dev", help="run PDP + OpenBao + dev issuer + server together")
     dev.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
     dev.add_argument("--bao", type=Path, required=True, help="path of the bao binary")
-    dev.add_argument("--pdp-http-port", type=int, default=3592)
+    dev.add_argument(
+        "--pdp-http-port", type=int, help="default: PDP_HTTP_PORT, else 3592 (see ops/ports.py)"
+    )
+    stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
+    stdio.add_argument("name")
+    commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
     boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
     boot.add_argument("--admin-token-file", type=Path, required=True)
     boot.add_argument(
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return generate_main(check=args.check)
     if args.command in ("new-tool", "new-capability"):
         return _scaffold(args)
+    if args.command == "clean":
+        return _clean()
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     if args.command == "token":
@@ -110,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run_dev_issuer(settings)
     if args.command == "dev":
         from ops.dev import run_dev
+        from ops.ports import pdp_http_port_from_environment
 
-        return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
+        pdp_http_port = args.pdp_http_port or pdp_http_port_from_environment()
+        return run_dev(settings, args.cerbos, args.bao, pdp_http_port)
+    if args.command == "stdio":
+        from ops.stdio import run_stdio
+
+        return run_stdio(settings, args.name)
     if args.command == "access-report":
         from ops import access_report
 
@@ -151,6 +166,15 @@ def _scaffold(args: argparse.Namespace) -> int:
     if generated.returncode != 0:
         print(generated.stderr, file=sys.stderr)
         return generated.returncode
+    return 0
+
+
+def _clean() -> int:
+    from ops.statedir import clean, state_dir
+
+    directory = state_dir()
+    removed = clean(directory)
+    print(f"removed from {directory}: {', '.join(removed)}" if removed else "nothing to remove")
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ def bootstrap(
     if f"{config.kv_mount}/" not in mounts:
         admin.sys.enable_secrets_engine("kv", path=config.kv_mount, options={"version": "2"})
         result.note(f"kv mount {config.kv_mount}", created=True)
+        _wait_for_kv_v2(admin, config.kv_mount)
     for path, keys in wanted.secrets.items():
         exists = _read(admin, f"{config.kv_mount}/data/{path}") is not None
         if not exists:
@@ -169,6 +171,20 @@ def deliver_server_credential(
     role_id_file = _write_private(out_dir / "role-id", role_id)
     secret_file = _write_private(out_dir / "secret-id.wrapped", wrapped)
     return role_id_file, secret_file
+
+
+def _wait_for_kv_v2(admin: hvac.Client, mount: str, timeout: float = 15) -> None:
+    """A new KV v2 mount first upgrades itself and answers 400 ("Upgrading from non-versioned to
+    versioned data") until it is done; wait for that instead of failing the bootstrap."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.read(f"{mount}/config")
+            return
+        except hvac.exceptions.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _read(admin: hvac.Client, path: str) -> Any:
