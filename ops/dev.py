@@ -29,6 +29,9 @@ from server.capability import registry
 from server.settings import Settings
 
 SQLITE: str = "sqlite+aiosqlite:///"
+# Generous: on a loaded machine the first start (OpenBao init, the bootstrap's raft writes, the
+# issuer's Python imports) can take a while; a real failure still ends in one message.
+STARTUP_TIMEOUT: float = 90
 
 
 def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> int:
@@ -50,10 +53,14 @@ def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> 
                 grpc_port=int(settings.pdp_address.rsplit(":", 1)[1]),
                 http_port=pdp_http_port,
                 env=devstack.pdp_tracing_env(settings),
+                timeout=STARTUP_TIMEOUT,
             )
             processes.append(pdp.process)
             vault = start_dev_openbao(
-                bao, workdir=state / "vault", port=urlsplit(settings.vault_address).port or 8200
+                bao,
+                workdir=state / "vault",
+                port=urlsplit(settings.vault_address).port or 8200,
+                timeout=STARTUP_TIMEOUT,
             )
             processes.append(vault.process)
             set_aside = set_aside_database(settings, state) if vault.initialised_now else None
@@ -82,7 +89,10 @@ def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> 
             }
             processes.append(
                 devstack.start_dev_issuer(
-                    workdir=state, env=issuer_env, jwks_url=settings.auth_jwks_url
+                    workdir=state,
+                    env=issuer_env,
+                    jwks_url=settings.auth_jwks_url,
+                    timeout=STARTUP_TIMEOUT,
                 )
             )
         except TimeoutError as failure:

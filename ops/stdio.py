@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -77,6 +81,26 @@ def principal_for(name: str) -> Principal:
     return Principal.model_validate({"id": name, **principals[name]})
 
 
+def remove_after_login(private: Path, wrapped: Path, timeout: float = 120) -> None:
+    """Remove the private directory (mode 0700) once the server has logged in, not at exit: a
+    client may kill the process tree without waiting for a clean exit.
+
+    The server reads the role id, then unwraps the secret id and deletes the wrapped file; from
+    then on it holds both in memory only, so the directory has nothing left it needs."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while wrapped.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(private, ignore_errors=True)
+
+    threading.Thread(target=watch, name="stdio-credential-cleanup", daemon=True).start()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_stdio(settings: Settings, name: str) -> int:
     principal = principal_for(name)
     state = state_dir()
@@ -93,7 +117,7 @@ def run_stdio(settings: Settings, name: str) -> int:
     config = BootstrapConfig(
         approle_mount=settings.vault_approle_mount, server_role=settings.vault_approle_role
     )
-    with tempfile.TemporaryDirectory(prefix="mcp-stdio-") as private:  # mode 0700
+    with tempfile.TemporaryDirectory(prefix="mcp-stdio-", ignore_cleanup_errors=True) as private:
         launcher = admin_client(settings, launcher_token)
         try:
             role_id, wrapped = deliver_server_credential(
@@ -111,6 +135,9 @@ def run_stdio(settings: Settings, name: str) -> int:
         finally:
             launcher.adapter.close()
         log.info("stdio server as %s (%s), credential in a private temp dir", name, principal.roles)
+        remove_after_login(Path(private), wrapped)
+        # Clients close stdin, wait briefly, then send SIGTERM: exit through the normal path.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         serve_forever(
             settings.model_copy(
                 update={
