@@ -136,6 +136,9 @@ access-diff: install tools ## What your policy change grants and revokes: make a
 generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)
 	$(BIN)/python -m ops generate
 
+accept-tools: install ## Accept the tools' current names, descriptions and schemas as reviewed (tests/snapshots/tools.json)
+	$(BIN)/python -m ops accept-tools
+
 lint: install ## ruff + mypy (strict on server/, tools/, ops/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -9,6 +9,8 @@ token NAME       print a bearer token for a demo principal                      
 vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys) and deliver
                  the server's credential files; idempotent; admin token read from a file
 identities       print each Vault identity, its policies and what it can reach, read from Vault
+accept-tools     record the server's tools as reviewed (tests/snapshots/tools.json)
+audit            pip-audit of the installed, pinned dependencies; fails when it cannot check
 generate         write every generated file (policy fixtures, Vault policies, README access
                  table, configuration reference); --check only reports what is stale
 new-tool         write a tool into a capability (created if new), admins only until released
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
     stdio.add_argument("name")
     commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
+    commands.add_parser("accept-tools", help="record the server's tools as reviewed")
     boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
     boot.add_argument("--admin-token-file", type=Path, required=True)
     boot.add_argument(
@@ -111,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return _scaffold(args)
     if args.command == "clean":
         return _clean()
+    if args.command == "accept-tools":
+        from ops.tool_snapshot import accept
+
+        return accept()
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     if args.command == "token":
