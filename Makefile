@@ -156,6 +156,9 @@ e2e: install tools interop-tools ## The end-to-end tier: real PDP, OpenBao, Post
 
 test: lint policy-test unit e2e ## Everything CI runs
 
+audit: install ## pip-audit the pinned dependency tree: fails on any known vulnerability, and when it cannot check (AUDIT_SERVICE=pypi|osv)
+	@$(BIN)/python -m ops audit
+
 bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
 	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO)
 

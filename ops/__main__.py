@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     stdio.add_argument("name")
     commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
     commands.add_parser("accept-tools", help="record the server's tools as reviewed")
+    audit = commands.add_parser("audit", help="pip-audit the installed dependencies")
+    audit.add_argument(
+        "--service", choices=["pypi", "osv"], help="vulnerability database; default AUDIT_SERVICE"
+    )
     boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
     boot.add_argument("--admin-token-file", type=Path, required=True)
     boot.add_argument(
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return _scaffold(args)
     if args.command == "clean":
         return _clean()
+    if args.command == "audit":
+        from ops.audit import main as audit_main
+
+        return audit_main(args.service)
     if args.command == "accept-tools":
         from ops.tool_snapshot import accept
 
