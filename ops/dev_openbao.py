@@ -124,6 +124,10 @@ def start_dev_openbao(bao: Path, *, workdir: Path, port: int, timeout: float = 6
         write_private(key, secrets.token_bytes(32))
     (workdir / CONFIG_FILE).write_text(render_config(workdir, port))
     log_path = workdir / LOG_FILE
+    if not any((workdir / "raft").iterdir()):
+        # A log from before persistent storage is a dev server's console: it printed that
+        # server's (long dead) root token and unseal key. Start this one's log clean.
+        log_path.unlink(missing_ok=True)
     process = spawn(
         "openbao",
         [str(bao), "server", f"-config={workdir / CONFIG_FILE}", "-log-level=warn"],
