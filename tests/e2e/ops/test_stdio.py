@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hvac
+import hvac.exceptions
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
@@ -102,3 +104,29 @@ async def test_stdio_without_a_running_make_dev_says_so(tmp_path: Path) -> None:
         async with Client(transport) as client:
             await client.list_tools()
     assert "no `make dev` is running" in stderr.read_text()
+
+
+def test_the_launcher_token_can_only_deliver_the_servers_credential(stack: DevStack) -> None:
+    """What `make dev` leaves on disk for stdio launches is no admin token: it reads the server
+    role's role id and makes wrapped secret ids, and is refused everything else."""
+    vault = stack.state / "vault"
+    token = (vault / "stdio-launcher-token").read_text().strip()
+    client = hvac.Client(
+        url=f"http://127.0.0.1:{stack.env['OPENBAO_PORT']}", token=token, timeout=5
+    )
+    approle = client.auth.approle
+    assert approle.read_role_id("mcp-server")["data"]["role_id"]
+    assert approle.generate_secret_id("mcp-server", wrap_ttl=60)["wrap_info"]["token"]
+    refused = [
+        lambda: client.secrets.kv.v2.read_secret_version(
+            path="mcp/server", mount_point="secret", raise_on_deleted_version=True
+        ),
+        lambda: client.sys.list_acl_policies(),
+        lambda: client.auth.token.create(policies=["mcp-tickets"]),
+        lambda: approle.generate_secret_id("some-other-role"),
+        lambda: client.auth.token.lookup_self(),
+    ]
+    for attempt in refused:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            attempt()
+    assert (vault / "root-token").read_text().strip() != token
