@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
     stdio.add_argument("name")
     commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
-    commands.add_parser("accept-tools", help="record the server's tools as reviewed")
+    accept = commands.add_parser("accept-tools", help="record the server's tools as reviewed")
+    accept_mode = accept.add_mutually_exclusive_group()
+    accept_mode.add_argument("--check", action="store_true", help="only report differences")
+    accept_mode.add_argument("--new", nargs="+", metavar="TOOL", help="record only these new tools")
     audit = commands.add_parser("audit", help="pip-audit the installed dependencies")
     audit.add_argument(
         "--service", choices=["pypi", "osv"], help="vulnerability database; default AUDIT_SERVICE"
@@ -123,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return audit_main(args.service)
     if args.command == "accept-tools":
-        from ops.tool_snapshot import accept
+        from ops import tool_snapshot
 
-        return accept()
+        if args.check:
+            return tool_snapshot.check()
+        if args.new:
+            return tool_snapshot.accept_new(args.new)
+        return tool_snapshot.accept()
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     if args.command == "token":
@@ -181,6 +188,19 @@ def _scaffold(args: argparse.Namespace) -> int:
     if generated.returncode != 0:
         print(generated.stderr, file=sys.stderr)
         return generated.returncode
+    if args.command == "new-tool":
+        # The reviewed tool snapshot gains exactly the tool just written (its entry shows in
+        # the diff); a change to any other tool still needs `make accept-tools`.
+        accepted = subprocess.run(  # noqa: S603 - our interpreter, a validated tool name
+            [sys.executable, "-m", "ops", "accept-tools", "--new", args.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(accepted.stdout, end="")
+        if accepted.returncode != 0:
+            print(accepted.stderr, file=sys.stderr)
+            return accepted.returncode
     return 0
 
 

@@ -9,6 +9,9 @@ them is always right. A tool's description and schemas are what an LLM client re
 a change there (a new instruction in a description, a new parameter, a tool turning destructive)
 must be looked at by a person. ``make generate`` never writes this file, and ``generate --check``
 does not report it: accepting it is a separate, deliberate step whose diff shows in review.
+``make new-tool`` records exactly the tool it wrote (``accept-tools --new NAME``), so the template's
+promise holds that ``make test`` passes right after it; changes to existing tools still wait for
+a reviewer. ``accept-tools --check`` lists the unreviewed differences.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def render(tools: list[dict[str, Any]]) -> str:
     return json.dumps(tools, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def recorded(path: Path = SNAPSHOT) -> list[dict[str, Any]]:
+def recorded(path: Path | None = None) -> list[dict[str, Any]]:
+    path = path or SNAPSHOT
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -90,6 +94,34 @@ def differences(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[st
     return lines
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check() -> int:
+    """Print the unreviewed differences; 1 if there are any."""
+    changes = differences(recorded(), current())
+    for line in changes:
+        print(f"unreviewed: {line} (review it, then run `{ACCEPT}`)")
+    return 1 if changes else 0
+
+
+def accept_new(names: list[str]) -> int:
+    """Record the named tools, which must be new (``make new-tool`` accepts the tool it wrote);
+    every other difference still waits for a reviewer."""
+    old = recorded()
+    known = {str(t["name"]) for t in old}
+    now = {str(t["name"]): t for t in current()}
+    refused = [n for n in names if n in known or n not in now]
+    if refused:
+        print(f"accept-tools --new: not new tools of this server: {', '.join(refused)}")
+        return 2
+    SNAPSHOT.write_text(render(sorted([*old, *(now[n] for n in names)], key=lambda t: t["name"])))
+    for name in names:
+        print(f"accepted new tool {name} into {_shown(SNAPSHOT)}")
+    return 0
+
+
 def accept() -> int:
     """Write the snapshot from the server's tools; print what changed."""
     new = current()
@@ -99,7 +131,7 @@ def accept() -> int:
     for line in changes:
         print(line)
     print(
-        f"{SNAPSHOT.relative_to(ROOT)}: {len(new)} tools"
+        f"{_shown(SNAPSHOT)}: {len(new)} tools"
         + ("" if changes else " (no change)")
         + "; commit it with the change that caused it"
     )

@@ -77,6 +77,7 @@ def test_the_scaffold_says_what_it_wrote_and_that_no_rule_was_needed(
     assert "wrote config/vault/policies/mcp-reports.hcl" in out
     assert "policies/mcp_tool.yaml: no rule written" in out
     assert "`make identities` lists it" in out
+    assert "accepted new tool export_tickets" in out and "accepted new tool weekly_report" in out
 
 
 def test_right_after_the_scaffold_nothing_is_stale_and_lint_and_policies_pass(
@@ -84,6 +85,8 @@ def test_right_after_the_scaffold_nothing_is_stale_and_lint_and_policies_pass(
 ) -> None:
     copy, bin_dir = scaffolded.copy, Path(sys.executable).parent
     run(copy, sys.executable, "-m", "ops", "generate", "--check")
+    # The reviewed tool snapshot holds the new tools (accepted by the scaffold, in the diff).
+    run(copy, sys.executable, "-m", "ops", "accept-tools", "--check")
     run(copy, str(bin_dir / "ruff"), "check", ".")
     run(copy, str(bin_dir / "ruff"), "format", "--check", ".")
     run(copy, str(bin_dir / "mypy"), "tools")

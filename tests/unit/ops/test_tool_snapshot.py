@@ -4,6 +4,7 @@ tags, meta) equal the reviewed snapshot, and a change fails until someone accept
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,3 +54,17 @@ def test_the_snapshot_holds_every_tool_the_viewer_may_list_and_is_not_a_generate
     )
     # `make generate` must never accept a change silently.
     assert tool_snapshot.SNAPSHOT not in {output.path for output in generate.outputs()}
+
+
+def test_the_scaffold_accepts_only_new_tools(
+    current: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = tmp_path / "tools.json"
+    monkeypatch.setattr(tool_snapshot, "SNAPSHOT", snapshot)
+    monkeypatch.setattr(tool_snapshot, "current", lambda: copy.deepcopy(current))
+    without_last = current[:-1]
+    snapshot.write_text(tool_snapshot.render(without_last))
+    assert tool_snapshot.check() == 1
+    assert tool_snapshot.accept_new([current[0]["name"]]) == 2  # not new: needs a reviewer
+    assert tool_snapshot.accept_new([current[-1]["name"]]) == 0
+    assert tool_snapshot.recorded() == current and tool_snapshot.check() == 0
