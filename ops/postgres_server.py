@@ -18,6 +18,7 @@ server runs as, the unprivileged ``nobody`` user.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import pwd
@@ -26,6 +27,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,12 @@ def _give_to_server_user(path: Path) -> None:
     if os.geteuid() == 0:
         entry = pwd.getpwnam(UNPRIVILEGED_USER)
         os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to completion from synchronous code, even inside a running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 def accepts_connections(port: int) -> bool:
@@ -134,6 +143,14 @@ class PostgresServer:
             raise TimeoutError(f"PostgreSQL did not start:\n{self.process.log_tail()}") from None
         return self
 
+    def answers(self) -> bool:
+        """The server accepts a login and answers a query (it is past recovery and startup)."""
+        try:
+            _run(self.execute("SELECT 1"))
+        except Exception:  # noqa: BLE001 - starting up, shutting down, refusing: not ready
+            return False
+        return True
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout=15)
@@ -206,16 +223,14 @@ def start_postgres(
     finally:
         pwfile.unlink(missing_ok=True)
     server.start()
-    import asyncio
-
-    asyncio.run(
+    _run(
         server.execute(
             f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD '{server.owner_password}'",
             f"CREATE DATABASE {database} OWNER {owner}",
             f"REVOKE ALL ON DATABASE {database} FROM PUBLIC",
         )
     )
-    asyncio.run(
+    _run(
         server.execute(
             # The application's schema belongs to its owner; nobody else creates anything there.
             f"ALTER SCHEMA public OWNER TO {owner}",
