@@ -51,7 +51,7 @@ async def fetch(stack: PostgresStack, query: str) -> list[dict[str, Any]]:
         await conn.close()
 
 
-async def test_no_database_user_or_password_is_in_the_configuration_and_each_capability_logs_in_as_its_own(
+async def test_the_url_holds_no_login_and_each_capability_logs_in_as_its_own_user(
     pg_server: RunningServer,
 ) -> None:
     url = pg_server.settings.database_url
