@@ -134,6 +134,7 @@ class PostgresServer:
                     self.process is not None
                     and self.process.alive()
                     and accepts_connections(self.port)
+                    and self.answers()
                 ),
                 timeout=timeout,
                 what="PostgreSQL",
