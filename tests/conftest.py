@@ -245,13 +245,22 @@ class PostgresStack:
 
 def start_postgres_stack(bao: Path, workdir: Path) -> PostgresStack:
     postgres = start_postgres()
-    vault = start_openbao(bao, workdir=workdir / "openbao")
-    bootstrap(
-        admin_client(vault),
-        out_dir=workdir / "bootstrap",
-        capabilities=CAPABILITIES,
-        database=DatabaseSetup(postgres.url(), postgres.owner, postgres.owner_password_file),
-    )
+    try:
+        vault = start_openbao(bao, workdir=workdir / "openbao")
+    except BaseException:
+        postgres.remove()
+        raise
+    try:
+        bootstrap(
+            admin_client(vault),
+            out_dir=workdir / "bootstrap",
+            capabilities=CAPABILITIES,
+            database=DatabaseSetup(postgres.url(), postgres.owner, postgres.owner_password_file),
+        )
+    except BaseException:
+        vault.process.stop()
+        postgres.remove()
+        raise
     CANARIES.extend(
         [vault.root_token, vault.unseal_key, postgres.owner_password, postgres.superuser_password]
     )
