@@ -139,6 +139,8 @@ compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector,
 	@mkdir -p compose/.secrets
 	@test -s compose/.secrets/bao-root-token || (umask 077 && $(PYTHON) -c \
 		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/bao-root-token)
+	@test -s compose/.secrets/pg-owner-password || (umask 077 && $(PYTHON) -c \
+		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/pg-owner-password)
 	$(COMPOSE) up --build
 
 compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice
