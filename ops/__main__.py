@@ -19,7 +19,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -162,43 +162,58 @@ def _vault_bootstrap(
 
 def _identities(settings: Settings, admin_token_file: Path | None, bao: Path | None) -> int:
     from ops import devstack
-    from ops.identity_report import read_identities, render
+    from ops.identity_report import (
+        read_database_roles,
+        read_identities,
+        render,
+        render_database_roles,
+    )
+    from ops.postgres_server import start_postgres
     from ops.vault_admin import admin_client, read_token_file
-    from ops.vault_bootstrap import bootstrap
+    from ops.vault_bootstrap import DatabaseSetup, bootstrap
 
-    def report(admin: object) -> None:
-        print(
-            render(
-                read_identities(
-                    admin,
-                    approle_mount=settings.vault_approle_mount,
-                    server_role=settings.vault_approle_role,
-                    role_prefix=settings.vault_role_prefix,
-                )
-            )
+    def report(admin: Any) -> None:
+        identities = read_identities(
+            admin,
+            approle_mount=settings.vault_approle_mount,
+            server_role=settings.vault_approle_role,
+            role_prefix=settings.vault_role_prefix,
         )
+        print(render(identities))
+        print()
+        roles = read_database_roles(admin, identities, mount=settings.vault_database_mount)
+        print(render_database_roles(roles))
 
     if admin_token_file is not None:
         report(admin_client(settings, read_token_file(admin_token_file)))
         return 0
     assert bao is not None
     with tempfile.TemporaryDirectory(prefix="identities-") as workdir:
-        vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+        # A throw-away OpenBao and PostgreSQL (from the pinned wheel), bootstrapped from the
+        # registered capabilities, so the database roles are listed with their live grants too.
+        postgres = start_postgres()
         try:
-            local = settings.model_copy(update={"vault_address": vault.address})
-            admin = admin_client(local, vault.root_token)
-            bootstrap(
-                admin,
-                out_dir=Path(workdir) / "credential",
-                capabilities=registry.load(settings.capabilities),
-            )
-            print(
-                f"# Identities as the registered capabilities declare them (throw-away OpenBao "
-                f"{vault.address})"
-            )
-            report(admin)
+            vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+            try:
+                local = settings.model_copy(update={"vault_address": vault.address})
+                admin = admin_client(local, vault.root_token)
+                bootstrap(
+                    admin,
+                    out_dir=Path(workdir) / "credential",
+                    capabilities=registry.load(settings.capabilities),
+                    database=DatabaseSetup(
+                        postgres.url(), postgres.owner, postgres.owner_password_file
+                    ),
+                )
+                print(
+                    f"# Identities as the registered capabilities declare them (throw-away "
+                    f"OpenBao {vault.address}, PostgreSQL on port {postgres.port})"
+                )
+                report(admin)
+            finally:
+                vault.process.stop()
         finally:
-            vault.process.stop()
+            postgres.remove()
     return 0
 
 

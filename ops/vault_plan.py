@@ -122,18 +122,18 @@ class DatabaseRole:
         ]
 
     def revocation_statements(self, database: str) -> list[str]:
-        """Undo every grant, then drop the user: its password and open sessions stop working."""
+        """Undo every grant, then drop the user: its password and open sessions stop working.
+
+        Revoked schema-wide, not table by table: a grant added to the role by hand later (or a
+        table it was granted since) would otherwise keep the user from being dropped.
+        """
         user = '"{{name}}"'
-        tables = ", ".join(map(_quoted, (*self.tables, *self.shared_tables)))
-        statements = [f"REVOKE ALL ON DATABASE {_quoted(database)} FROM {user}"]
-        if tables:
-            statements.append(f"REVOKE ALL ON TABLE {tables} FROM {user}")
-        if self.sequences:
-            statements.append(
-                f"REVOKE ALL ON SEQUENCE {', '.join(map(_quoted, self.sequences))} FROM {user}"
-            )
-        statements.append(f"DROP ROLE IF EXISTS {user}")
-        return statements
+        return [
+            f"REVOKE ALL ON DATABASE {_quoted(database)} FROM {user}",
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}",
+            f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}",
+            f"DROP ROLE IF EXISTS {user}",
+        ]
 
 
 def database_roles(
