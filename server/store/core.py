@@ -1,8 +1,10 @@
-"""The store core: one SQLAlchemy engine (SQLite by default, PostgreSQL in production), one
+"""The store core: a SQLAlchemy engine (SQLite by default, PostgreSQL in production), one
 transaction per unit of work, and the declarative base every capability's tables derive from.
 
-The tables themselves belong to the capabilities (``tools/<name>/models.py``); the store creates
-the tables of the registered capabilities and nothing else. Columns that policies read must be
+The tables themselves belong to the capabilities (``tools/<name>/models.py``). On SQLite the one
+store creates the registered capabilities' tables; on PostgreSQL each capability has a store of
+its own that logs in with that capability's short-lived database user (``credentials.py``,
+``stores.py``) and only uses tables the bootstrap created. Columns that policies read must be
 NOT NULL: SQL NULL semantics are stricter than the policy language's, and a query filter derived
 from a policy must select exactly the rows a per-row decision would allow.
 """

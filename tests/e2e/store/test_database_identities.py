@@ -22,7 +22,7 @@ from server.settings import Settings
 from server.store.core import Store
 from server.store.credentials import DatabaseCredentials, DatabaseLogin
 from tests.conftest import PostgresStack
-from tests.support import RunningServer, open_identities, start_server
+from tests.support import CANARIES, RunningServer, open_identities, start_server
 
 PROBES = "tests.e2e.store.probe_capabilities"
 DENIED = "42501"  # insufficient_privilege: "permission denied ..." / "must be owner of ..."
@@ -136,6 +136,7 @@ async def issued(
             for name in ("tickets", "accounts")
         }
         logins = {name: await c.current() for name, c in credentials.items()}
+        CANARIES.extend(login.password for login in logins.values())  # never logged, anywhere
         yield Logins(logins, credentials)
 
 
