@@ -241,7 +241,7 @@ async def eventually(check: Callable[[], Any], *, within: float, what: str) -> N
 async def test_logins_are_reissued_before_they_expire_and_superseded_users_are_dropped(
     postgres_stack: PostgresStack, pdp: PDP, make_settings: Callable[..., Settings]
 ) -> None:
-    ttl = 3
+    ttl = 6  # re-issue at 2/3 of a login's life (4 s), unusable from 4.8 s, gone at 6 s
     settings = make_settings(
         pdp,
         vault=postgres_stack.vault,
@@ -252,29 +252,32 @@ async def test_logins_are_reissued_before_they_expire_and_superseded_users_are_d
         login = DatabaseCredentials(identities, "tickets", mount="database", role="mcp-tickets")
         store = Store(postgres_stack.url, login=login)
         await store.start(tables=[])
-        used: dict[str, tuple[float, float]] = {}  # user -> (last use, its usable_until)
+        # user -> (latest moment a transaction was already running with it, its usable_until)
+        used: dict[str, tuple[float, float]] = {}
         try:
             deadline = time.monotonic() + 4 * ttl
             while time.monotonic() < deadline:
                 async with store.transaction() as session:
+                    # The login was chosen when the transaction opened, i.e. before this moment.
+                    opened = time.monotonic()
                     await session.execute(text("SELECT 1 FROM ticket"))
                 held = login.held
                 assert held is not None
-                used[held.username] = (time.monotonic(), held.lease.usable_until)
+                used[held.username] = (opened, held.lease.usable_until)
                 await asyncio.sleep(0.1)
             generations = login.held.lease.generation if login.held else 0
         finally:
             await store.close()
         assert len(used) >= 4 and generations >= 4  # one per 2/3 of the token's life
         late = {user: times for user, times in used.items() if times[0] >= times[1]}
-        assert late == {}  # no login was used past its usable_until
+        assert late == {}  # no login was chosen past its usable_until
         current = login.held.username if login.held else ""
         # Each superseded user dies with the token that obtained it (Vault drops it).
         for user in used:
             if user != current:
                 await eventually(
                     lambda user=user: _gone(postgres_stack, user),
-                    within=3 * ttl,
+                    within=2 * ttl,
                     what=f"superseded user {user} dropped",
                 )
 
