@@ -62,6 +62,16 @@ async def test_livez_and_readyz_answer_without_authentication_and_reveal_nothing
     assert ready.headers["cache-control"] == "no-store"
 
 
+async def test_probes_make_no_vault_request_while_every_token_is_fresh(
+    server: RunningServer,
+) -> None:
+    log = server.runtime.identities.requests_log
+    mark = len(log)
+    for _ in range(5):
+        assert (await readyz(server))[0] == 200
+    assert log.since(mark) == []
+
+
 async def test_readiness_turns_false_while_the_pdp_is_stopped_and_back_after_its_restart(
     cerbos_bin: Path,
     make_settings: Callable[..., Settings],
