@@ -6,7 +6,6 @@ serves from it, each capability with its own short-lived database login from Vau
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -50,8 +49,9 @@ def run_dev(
         jwks_url = settings.auth_jwks_url
         database = None
         if store == "postgres":
-            # A throwaway PostgreSQL from the pinned wheel, fresh each run like the dev OpenBao.
-            postgres = start_postgres(workdir=_fresh_dir(workdir / "postgres"))
+            # A throwaway PostgreSQL from the pinned wheel in a temporary directory, fresh each
+            # run like the dev OpenBao, removed on stop.
+            postgres = start_postgres()
             processes.append(_Stoppable(postgres))
             settings = settings.model_copy(update={"database_url": postgres.url()})
             database = DatabaseSetup(postgres.url(), postgres.owner, postgres.owner_password_file)
@@ -112,12 +112,6 @@ class _Stoppable:
 
     def stop(self) -> None:
         self.postgres.remove()
-
-
-def _fresh_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    return path
 
 
 def _store_line(settings: Settings) -> str:

