@@ -62,8 +62,6 @@ class LoginSource(Protocol):
 
     async def current(self) -> DatabaseLogin: ...
 
-    def usable(self) -> bool: ...
-
 
 @dataclass(eq=False)
 class _Engine:
@@ -96,10 +94,6 @@ class Store:
         self._retired: list[_Engine] = []
         self._started = False
         self._switch = asyncio.Lock()
-
-    @property
-    def backend(self) -> str:
-        return make_url(self.url).get_backend_name()
 
     @property
     def engine(self) -> AsyncEngine:

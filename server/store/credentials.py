@@ -68,10 +68,6 @@ class DatabaseCredentials:
         """The login in use, if any (no Vault request)."""
         return self._held
 
-    def usable(self) -> bool:
-        """A login is held and may still be used now (no Vault request)."""
-        return self._held is not None and time.monotonic() < self._held.lease.usable_until
-
     async def current(self) -> DatabaseLogin:
         """A login that is fresh, or still usable while a fresh one cannot be had.
 

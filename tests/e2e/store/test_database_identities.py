@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 import hvac
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, Table, text
 
 from ops.devstack import PDP
 from server.runtime import build_runtime
 from server.settings import Settings
-from server.store.core import Store
+from server.store.core import Store, StoreNotPrepared
 from server.store.credentials import DatabaseCredentials, DatabaseLogin
 from tests.conftest import PostgresStack
 from tests.support import CANARIES, RunningServer, open_identities, start_server
@@ -182,6 +182,20 @@ async def test_the_logins_are_distinct_database_users_that_inherit_nothing(
             login.username,
         )
         assert members == 0  # member of no role: nothing to inherit or SET ROLE to
+
+
+async def test_a_store_whose_table_is_missing_or_not_granted_refuses_to_start_naming_it(
+    issued: Logins, postgres_stack: PostgresStack
+) -> None:
+    store = Store(postgres_stack.url, login=issued.credentials["tickets"])
+    foreign = Table("account", MetaData(), Column("id", Integer, primary_key=True))
+    missing = Table("not_there", MetaData(), Column("id", Integer, primary_key=True))
+    try:
+        for table in (foreign, missing):
+            with pytest.raises(StoreNotPrepared, match=f"table '{table.name}' is missing or not"):
+                await store.start(tables=[table])
+    finally:
+        await store.close()
 
 
 # --- through the tool code path -------------------------------------------------------------------
