@@ -43,7 +43,7 @@ PDP_HTTP_PORT ?= 3592
 # `STORE=postgres make dev`: a throwaway PostgreSQL from the pinned wheel, one login per capability.
 STORE ?= sqlite
 
-.PHONY: help install tools interop-tools dev token identities generate test lint policy-test unit e2e bench compose-up compose-token clean
+.PHONY: help install tools interop-tools dev token identities access-report access-diff generate new-tool new-capability test lint policy-test unit e2e bench compose-up compose-token clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -109,6 +109,21 @@ token: install ## Print a bearer token for a demo principal: make token user=ali
 
 identities: install tools ## Print each Vault identity and database role, their policies, paths and grants
 	@$(BIN)/python -m ops $(DEV_ENV) identities --bao $(BAO)
+
+new-tool: install ## Scaffold a tool, admins only until released: make new-tool name=<tool> capability=<capability> [kind=read|write|destructive]
+	@test -n "$(name)" -a -n "$(capability)" || { echo "usage: make new-tool name=<tool> capability=<capability> [kind=read|write|destructive]" >&2; exit 2; }
+	@$(BIN)/python -m ops new-tool "$(name)" --capability "$(capability)" --kind "$(or $(kind),read)"
+
+new-capability: install ## Scaffold a capability: make new-capability name=<capability> [identity=yes] [department=<dept>]
+	@test -n "$(name)" || { echo "usage: make new-capability name=<capability> [identity=yes] [department=<dept>]" >&2; exit 2; }
+	@$(BIN)/python -m ops new-capability "$(name)" $(if $(filter yes,$(identity)),--identity) $(if $(department),--department "$(department)")
+
+access-report: install ## Ask the running PDP (`make dev`; MCP_PDP_ADDRESS) who may do what: .dev/access/report.{md,json}
+	@$(BIN)/python -m ops $(DEV_ENV) access-report
+
+access-diff: install tools ## What your policy change grants and revokes: make access-diff ref=<git ref, e.g. main>
+	@test -n "$(ref)" || { echo "usage: make access-diff ref=<git ref, e.g. main or HEAD~1>" >&2; exit 2; }
+	@$(BIN)/python -m ops $(DEV_ENV) access-diff --cerbos $(CERBOS) "$(ref)"
 
 generate: install ## Rewrite every generated file (policy fixtures, Vault policies, README table, docs/configuration.md)
 	$(BIN)/python -m ops generate

@@ -10,6 +10,12 @@ vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit 
 identities       print each Vault identity, its policies and what it can reach, read from Vault
 generate         write every generated file (policy fixtures, Vault policies, README access
                  table, configuration reference); --check only reports what is stale
+new-tool         write a tool into a capability (created if new), admins only until released
+new-capability   write a capability package, optionally with its own Vault identity
+access-report    ask the running PDP who may do what (principals x components x actions, and
+                 record examples); writes .dev/access/report.md and report.json
+access-diff REF  what the working tree's policies grant and revoke compared with REF's, asked
+                 of two throw-away PDPs
 """
 
 from __future__ import annotations
@@ -85,6 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     generate = commands.add_parser("generate", help="write every generated file")
     generate.add_argument("--check", action="store_true", help="only report stale files")
+    new_tool = commands.add_parser("new-tool", help="scaffold a tool (admins only until released)")
+    new_tool.add_argument("name")
+    new_tool.add_argument("--capability", required=True)
+    new_tool.add_argument("--kind", choices=["read", "write", "destructive"], default="read")
+    new_cap = commands.add_parser("new-capability", help="scaffold a capability package")
+    new_cap.add_argument("name")
+    new_cap.add_argument("--identity", action="store_true", help="with its own Vault identity")
+    new_cap.add_argument("--department", help="the department that owns it (default: its name)")
+    report = commands.add_parser("access-report", help="ask the running PDP who may do what")
+    report.add_argument("--out-dir", type=Path, help="default: .dev/access")
+    diff = commands.add_parser(
+        "access-diff", help="what a policy change grants and revokes, compared with a git ref"
+    )
+    diff.add_argument("ref", help="git revision to compare with, e.g. main or HEAD~1")
+    diff.add_argument("--cerbos", type=Path, required=True, help="path of the cerbos binary")
+    diff.add_argument(
+        "--repo", type=Path, help="git work tree whose policies/ is compared (default: this one)"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -100,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         from ops.generate import main as generate_main
 
         return generate_main(check=args.check)
+    if args.command in ("new-tool", "new-capability"):
+        return _scaffold(args)
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     if args.command == "token":
@@ -110,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         from ops.dev import run_dev
 
         return run_dev(settings, args.cerbos, args.bao, args.pdp_http_port, args.store)
+    if args.command == "access-report":
+        from ops import access_report
+
+        return access_report.main(settings, args.out_dir or access_report.OUT_DIR)
+    if args.command == "access-diff":
+        from ops import access_diff
+
+        return access_diff.main(args.cerbos, args.ref, settings, repo=args.repo)
     if args.command == "vault-bootstrap":
         database = None
         if args.database_admin_file is not None:
@@ -122,6 +156,33 @@ def main(argv: list[str] | None = None) -> int:
             settings, args.admin_token_file, args.out_dir, args.database_password_file, database
         )
     return _identities(settings, args.admin_token_file, args.bao)
+
+
+def _scaffold(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ops import scaffold
+
+    try:
+        if args.command == "new-tool":
+            changes = scaffold.new_tool(args.name, args.capability, kind=args.kind)
+        else:
+            changes = scaffold.new_capability(
+                args.name, identity=args.identity, department=args.department
+            )
+    except scaffold.ScaffoldError as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 2
+    # What is generated from the declarations, in a fresh interpreter that sees the new code.
+    generated = subprocess.run(
+        [sys.executable, "-m", "ops", "generate"], capture_output=True, text=True, check=False
+    )
+    for line in [*changes.files(), *generated.stdout.splitlines(), *changes.notes]:
+        print(line)
+    if generated.returncode != 0:
+        print(generated.stderr, file=sys.stderr)
+        return generated.returncode
+    return 0
 
 
 def _vault_bootstrap(

@@ -202,8 +202,15 @@ class UvicornThread:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
+        # proxy_headers off: the app decides whose forwarded headers to believe
+        # (MCP_TRUSTED_PROXIES); uvicorn's default would trust any local process.
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -194,7 +194,7 @@ SECTIONS: Final = (
     ("Server and HTTP edge", ("environment", "server_name", "transport", "host", "port", "path",
                               "public_base_url", "allowed_", "max_")),
     ("Authentication", ("auth_", "authorization_servers", "stdio_principal")),
-    ("Rate limit", ("rate_limit_",)),
+    ("Rate limits", ("rate_limit_", "preauth_rate_limit_", "trusted_proxies")),
     ("Cerbos PDP", ("pdp_",)),
     ("Capabilities and store", ("capabilities", "database_", "seed_")),
     ("Vault (or OpenBao)", ("vault_",)),

@@ -61,6 +61,9 @@ def serve_forever(settings: Settings) -> None:
         port=settings.port,
         log_level="warning",
         server_header=False,
+        # The app decides whose X-Forwarded-* headers to believe (MCP_TRUSTED_PROXIES);
+        # uvicorn's own default would trust them from any local process.
+        proxy_headers=False,
     )
 
 

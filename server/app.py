@@ -17,16 +17,19 @@ from typing import Any
 from fastmcp import FastMCP
 from fastmcp.telemetry import suppress_fastmcp_telemetry
 from starlette.middleware import Middleware as ASGIMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.authz import components
+from server.authz.errors import quiet_expected_outcomes
 from server.authz.middleware import SERVED_METHODS, AuthorizationMiddleware
 from server.capability import registry
 from server.capability.declaration import Capability
 from server.capability.scope import CapabilityScope
 from server.edge import health
-from server.edge.authn import build_auth_provider
-from server.edge.limits import RequestLimits
-from server.edge.ratelimit import RateLimiter
+from server.edge.authn import EdgeAuthProvider, build_auth_provider
+from server.edge.limits import BodyLimits, DeclaredSizeLimit
+from server.edge.origin import OriginGuard
+from server.edge.ratelimit import AddressThrottle, PrincipalThrottle, RateLimiter
 from server.runtime import Runtime, build_runtime
 from server.settings import Settings
 from server.telemetry.setup import HttpTraceContext
@@ -45,6 +48,8 @@ def create_server(
         capabilities = runtime.capabilities if runtime else registry.load(settings.capabilities)
     runtime = runtime or build_runtime(settings, capabilities)
     pdp = runtime.pdp
+    # Not found, not permitted, invalid input: one log line each, never a traceback.
+    quiet_expected_outcomes()
 
     @asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
@@ -66,15 +71,8 @@ def create_server(
         auth=build_auth_provider(settings) if settings.transport == "http" else None,
         lifespan=lifespan,
         middleware=[
-            AuthorizationMiddleware(
-                pdp,
-                local_principal=settings.stdio_principal,
-                rate_limiter=(
-                    RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-                    if settings.rate_limit_per_second > 0
-                    else None
-                ),
-            )
+            # Rate limits are enforced at the HTTP edge, before any MCP work (create_http_app).
+            AuthorizationMiddleware(pdp, local_principal=settings.stdio_principal)
         ],
         # Exceptions from tool bodies reach the client as a generic message; tools raise
         # ToolError with a safe text when the caller should learn why.
@@ -146,22 +144,67 @@ async def _require_policy_metadata(server: FastMCP[Any]) -> None:
 
 
 def create_http_app(mcp: FastMCP[Any], settings: Settings) -> Any:
-    """The ASGI app: trace context from HTTP headers, Host/Origin guard, bearer authentication,
-    request limits, then MCP."""
-    app = mcp.http_app(
+    """The ASGI app. The edge refuses the cheapest way first, and reads a body only for an
+    authenticated caller within its limit (docs/security-edge.md):
+
+    1. per-address limit on requests that do not authenticate (429) - a dictionary lookup
+    2. declared ``Content-Length`` beyond the size limit (413) - a header
+    3. Host / Origin guard against DNS rebinding (421 / 403) - headers
+    4. bearer authentication, once; two ``Authorization`` headers (400); the verdict is read by
+       FastMCP's MCP route, which answers 401 without touching the body
+    5. per-principal limit (429) - a dictionary lookup
+    6. body read up to the size limit (413), JSON depth scan, linear (400)
+    7. MCP: the authorization middleware, then the component
+    """
+    auth = mcp.auth
+    if not isinstance(auth, EdgeAuthProvider):
+        raise TypeError("the HTTP app needs the server built for transport 'http'")
+    address_limiter = (
+        RateLimiter(settings.preauth_rate_limit_per_second, settings.preauth_rate_limit_burst)
+        if settings.preauth_rate_limit_per_second > 0
+        else None
+    )
+    principal_limiter = (
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_per_second > 0
+        else None
+    )
+    edge: list[ASGIMiddleware] = []
+    if address_limiter is not None:
+        edge.append(ASGIMiddleware(AddressThrottle, limiter=address_limiter))
+    edge += [
+        ASGIMiddleware(DeclaredSizeLimit, max_body_bytes=settings.max_body_bytes),
+        ASGIMiddleware(
+            OriginGuard,
+            allowed_hosts=settings.allowed_hosts,
+            allowed_origins=settings.allowed_origins,
+            own_origin=settings.base_url,
+        ),
+        *auth.authentication_middleware(),
+    ]
+    if address_limiter is not None or principal_limiter is not None:
+        edge.append(
+            ASGIMiddleware(
+                PrincipalThrottle, limiter=principal_limiter, address_limiter=address_limiter
+            )
+        )
+    edge.append(
+        ASGIMiddleware(
+            BodyLimits,
+            max_body_bytes=settings.max_body_bytes,
+            max_json_depth=settings.max_json_depth,
+        )
+    )
+    app: Any = mcp.http_app(
         path=settings.path,
         transport="http",
-        middleware=[
-            ASGIMiddleware(
-                RequestLimits,
-                max_body_bytes=settings.max_body_bytes,
-                max_json_depth=settings.max_json_depth,
-            )
-        ],
-        # DNS-rebinding guard: loopback Host headers plus the configured ones; a foreign
-        # Origin is refused with 403.
-        host_origin_protection=True,
-        allowed_hosts=settings.allowed_hosts,
-        allowed_origins=settings.allowed_origins,
+        middleware=edge,
+        # The edge has its own Host/Origin guard (server/edge/origin.py) at step 3.
+        host_origin_protection=False,
     )
-    return HttpTraceContext(app)
+    app = HttpTraceContext(app)
+    if settings.trusted_proxies:
+        # The client address (and scheme) from the forwarded headers of a listed proxy only:
+        # the rightmost address that is not a trusted proxy.
+        app = ProxyHeadersMiddleware(app, trusted_hosts=settings.trusted_proxies)
+    return app

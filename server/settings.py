@@ -7,6 +7,7 @@ hold addresses and names only; secret values come from Vault.
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -62,7 +63,8 @@ class Settings(BaseSettings):
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="Browser origins accepted besides same-origin, JSON list.",
+        description="Browser origins accepted besides the server's own, JSON list. A request "
+        "with any other `Origin` gets 403, loopback origins on other ports included.",
     )
     max_body_bytes: int = Field(
         default=256 * 1024, gt=0, description="Largest request body accepted (413 beyond)."
@@ -101,9 +103,27 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(
         default=20.0,
         ge=0,
-        description="Per-principal token bucket before any authorization work (`0`: off).",
+        description="Requests per second per principal, checked right after the token is "
+        "verified and before the body is read or any MCP work (429 beyond; `0`: off).",
     )
     rate_limit_burst: int = Field(default=40, ge=1, description="Bucket size of that limit.")
+    preauth_rate_limit_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description="Requests per second per client address that do not authenticate, checked "
+        "before any token verification (429 beyond; `0`: off). An authenticated request gives "
+        "its share back. Keyed by the direct peer (see `MCP_TRUSTED_PROXIES`).",
+    )
+    preauth_rate_limit_burst: int = Field(
+        default=40, ge=1, description="Bucket size of that limit."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (IP addresses or CIDR networks, JSON list) whose "
+        "`X-Forwarded-For`/`X-Forwarded-Proto` are believed: the client address is the "
+        "rightmost one not listed. Empty: the direct peer is the client and forwarded headers "
+        "are ignored.",
+    )
 
     # --- Cerbos PDP -------------------------------------------------------------------------------
     pdp_address: str = Field(
@@ -271,6 +291,18 @@ class Settings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("path must start with '/'")
         return value.rstrip("/") or "/"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _http_needs_an_issuer(self) -> Settings:

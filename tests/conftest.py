@@ -178,6 +178,7 @@ def make_settings(
             # Tests fire calls back to back; throttling has its own test.
             "rate_limit_per_second": 10_000.0,
             "rate_limit_burst": 10_000,
+            "preauth_rate_limit_per_second": 0.0,
             "vault_address": vault.address,
             "vault_role_id_file": role_id,
             "vault_wrapped_secret_id_file": wrapped,

@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -548,3 +549,35 @@ class GrpcServicerThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+# --- server logs ----------------------------------------------------------------------------------
+
+# Loggers of the server side: the runtime, the capabilities, FastMCP (which does not propagate to
+# the root logger) and the MCP SDK's server. The test client's own loggers are left out.
+SERVER_LOGGERS = ("server", "tools", "fastmcp", "mcp.server")
+
+
+@contextmanager
+def server_logs() -> Iterator[list[logging.LogRecord]]:
+    """Every log record (INFO and up) the server side emits during the block."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            ours = record.name.startswith(SERVER_LOGGERS)
+            client = record.name.startswith("fastmcp.client")
+            seen = any(kept is record for kept in records)  # reached both handlers
+            if ours and not client and not seen:
+                records.append(record)
+
+    handler = Keep(logging.INFO)
+    # FastMCP's logger does not propagate: listen there as well as at the root.
+    loggers = [logging.getLogger(), logging.getLogger("fastmcp")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

@@ -8,6 +8,8 @@
   method is refused as unknown.
 - Any PDP problem (down, slow, error, malformed reply) denies with "authorization unavailable";
   a list fails visibly instead of coming back empty.
+- Arguments refused by a tool's or prompt's schema are answered with a bounded description that
+  names the declared parameters at fault and never echoes what was sent.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from fastmcp.exceptions import McpError
+from fastmcp.exceptions import McpError, ValidationError
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from pydantic import ValidationError as PydanticValidationError
 
 from server.authz import components, tracing
 from server.authz.components import ComponentType
@@ -28,15 +31,22 @@ from server.authz.errors import (
     AUTHORIZATION_UNAVAILABLE,
     METHOD_NOT_FOUND,
     NOT_AUTHORIZED,
-    RATE_LIMITED,
     UNAVAILABLE_MESSAGE,
     AuthorizationUnavailable,
+    ExpectedOutcome,
+    InvalidParams,
+    invalid_arguments,
     not_found,
 )
 from server.authz.pdp import PolicyDecisionPoint
-from server.authz.request_context import RequestInfo, bind_request, current_request, unbind_request
+from server.authz.request_context import (
+    RequestInfo,
+    bind_request,
+    bind_target,
+    current_request,
+    unbind_request,
+)
 from server.edge.principal import InvalidClaims, Principal, principal_from_claims
-from server.edge.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +81,10 @@ class AuthorizationMiddleware(Middleware):
         pdp: PolicyDecisionPoint,
         *,
         local_principal: Principal | None,
-        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.pdp = pdp
         # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
         self.local_principal = local_principal
-        self.rate_limiter = rate_limiter
 
     # --- every request -------------------------------------------------------------------------
 
@@ -95,15 +103,6 @@ class AuthorizationMiddleware(Middleware):
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
-        if self.rate_limiter is not None:
-            wait = self.rate_limiter.retry_after(principal.id)
-            if wait > 0:
-                tracing.refuse_request("rate_limited", principal)
-                raise McpError(
-                    code=RATE_LIMITED,
-                    message=f"Rate limit exceeded for this caller: retry in {wait:.1f} s",
-                    data={"retry_after_seconds": round(wait, 3)},
-                )
         request_id = uuid.uuid4().hex
         token = bind_request(RequestInfo(request_id=request_id, principal=principal))
         tracing.tag_request(request_id, principal)
@@ -171,7 +170,15 @@ class AuthorizationMiddleware(Middleware):
         name = context.message.name
         tool = await _server(context).get_tool(name)
         await self._require("tool", name, tool, components.tool_resource)
-        return await call_next(context)
+        try:
+            return await call_next(context)
+        except ValidationError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, PydanticValidationError):
+                raise
+            declared = set((tool.parameters or {}).get("properties") or {}) if tool else set()
+            details = cause.errors(include_url=False, include_context=False, include_input=False)
+            raise InvalidArguments(invalid_arguments(f"tool {name!r}", declared, details)) from None
 
     async def check_resource_access(self, context: MiddlewareContext[Any]) -> None:
         uri = str(context.message.uri)
@@ -185,6 +192,17 @@ class AuthorizationMiddleware(Middleware):
         name = context.message.name
         prompt = await _server(context).get_prompt(name)
         await self._require("prompt", name, prompt, components.prompt_resource)
+        declared = list(prompt.arguments or []) if prompt is not None else []
+        given = context.message.arguments or {}
+        missing = [
+            {"loc": (a.name,), "type": "missing", "msg": "Field required"}
+            for a in declared
+            if a.required and a.name not in given
+        ]
+        if missing:
+            # FastMCP would log the refusal with two tracebacks; it is an answer, not a failure.
+            message = invalid_arguments(f"prompt {name!r}", {a.name for a in declared}, missing)
+            raise InvalidParams(message)
         return await call_next(context)
 
     async def _require(
@@ -196,6 +214,7 @@ class AuthorizationMiddleware(Middleware):
     ) -> None:
         """Allow using ``component`` or raise "not found". An unregistered name (``component``
         None) is asked about all the same, so it takes the path and the time of a real one."""
+        bind_target(name)
         found = component is not None
         ref = (
             to_ref(component)
@@ -246,6 +265,13 @@ class AuthorizationMiddleware(Middleware):
             log.exception("authorization failed for request %s", info.request_id)
             tracing.refuse_request("internal_error")
         raise McpError(code=AUTHORIZATION_UNAVAILABLE, message=UNAVAILABLE_MESSAGE)
+
+
+class InvalidArguments(ExpectedOutcome, ValidationError):
+    """Arguments the tool's schema refused, described without echoing them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, log_level=logging.INFO)
 
 
 def _server(context: MiddlewareContext[Any]) -> Any:

@@ -7,9 +7,18 @@ request id). Every answer is checked for shape before it is believed: a reply th
 describe exactly the resources and actions we asked about is treated as an outage, never as an
 ALLOW.
 
-Every RPC is one ``authz.check`` / ``authz.plan`` span (``server.authz.tracing``) recording each
-decision in it, and every RPC carries the trace context (W3C ``traceparent``) as gRPC metadata, so
-the PDP's own spans continue the trace under that decision span.
+Every decision is one ``authz.check`` / ``authz.plan`` span (``server.authz.tracing``) recording
+each decision in it, and every RPC carries the trace context (W3C ``traceparent``) as gRPC
+metadata, so the PDP's own spans continue the trace under that decision span.
+
+Policy hot reloads: while the PDP swaps in edited policies it can, for milliseconds (longer on a
+busy host), find no policy at all for a kind whose derived roles changed, and answers DENY with
+no matched policy (``NO_MATCH``), or an ALWAYS_DENIED plan. Every kind this server asks about has
+a policy, so such an answer is asked again, after ``RELOAD_PAUSE_SECONDS`` and then twice as long
+each time, as long as a quarter of the deadline would be left; the last answer stands, whatever
+it is (a retry never turns a refusal into an ALLOW by itself: the PDP decides again). Past the
+deadline nothing is retried: a PDP that stalls longer than the deadline while it recompiles (it
+can, on a busy host) gives "Authorization unavailable".
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from cerbos.effect.v1 import effect_pb2
@@ -45,6 +54,11 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.enable_retries", 0),
 ]
 
+
+# How long to wait before asking again about an answer that matched no policy (a reload swaps
+# policies within milliseconds).
+RELOAD_PAUSE_SECONDS: Final = 0.05
+NO_MATCH: Final = "NO_MATCH"
 
 _KNOWN_FILTER_KINDS = frozenset(
     {
@@ -158,13 +172,40 @@ class PolicyDecisionPoint:
                     for ref, actions in entries
                 ],
             )
-            reply = await self._call("CheckResources", request, request_id)
-            if not isinstance(reply, response_pb2.CheckResourcesResponse):
-                raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+            deadline = asyncio.get_running_loop().time() + self.timeout_seconds
+            reply, decisions = await self._check_once(request, entries, request_id, deadline)
+            pause = RELOAD_PAUSE_SECONDS
+            while _unmatched(decisions) and self._time_for_retry(deadline, pause):
+                span.retried(NO_MATCH)
+                await asyncio.sleep(pause)
+                pause *= 2
+                reply, decisions = await self._check_once(request, entries, request_id, deadline)
+            if _unmatched(decisions):
+                log.warning(
+                    "no policy matched %s for request %s: a policy reload, or a missing policy",
+                    sorted({d.resource.kind for d in decisions if _unmatched([d])}),
+                    request_id,
+                )
             span.call_id(reply.cerbos_call_id)
-            decisions = _read_results(reply, entries)
             span.checked(decisions, must_allow)
             return reply.cerbos_call_id, decisions
+
+    async def _check_once(
+        self,
+        request: request_pb2.CheckResourcesRequest,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        request_id: str,
+        deadline: float,
+    ) -> tuple[response_pb2.CheckResourcesResponse, list[ResourceDecision]]:
+        reply = await self._call("CheckResources", request, request_id, deadline)
+        if not isinstance(reply, response_pb2.CheckResourcesResponse):
+            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+        return reply, _read_results(reply, entries)
+
+    def _time_for_retry(self, deadline: float, pause: float) -> bool:
+        """Whether a retry after ``pause`` still has a useful share of the deadline left."""
+        left = deadline - asyncio.get_running_loop().time() - pause
+        return left > self.timeout_seconds / 4
 
     async def plan(
         self, principal: Principal, kind: str, action: str, *, request_id: str
@@ -185,10 +226,19 @@ class PolicyDecisionPoint:
                 action=action,
                 principal=_principal_message(principal),
                 resource=engine_pb2.PlanResourcesInput.Resource(kind=kind),
+                include_meta=True,
             )
-            reply = await self._call("PlanResources", request, request_id)
-            if not isinstance(reply, response_pb2.PlanResourcesResponse):
-                raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+            deadline = asyncio.get_running_loop().time() + self.timeout_seconds
+            reply = await self._plan_once(request, request_id, deadline)
+            # The PDP says NO_MATCH for a plan both when no policy exists (a reload) and when no
+            # rule of the policy applies to the principal: ask again in both cases (the second
+            # only costs a refused caller a pause).
+            pause = RELOAD_PAUSE_SECONDS
+            while _unmatched_plan(reply) and self._time_for_retry(deadline, pause):
+                span.retried(NO_MATCH)
+                await asyncio.sleep(pause)
+                pause *= 2
+                reply = await self._plan_once(request, request_id, deadline)
             span.call_id(reply.cerbos_call_id)
             if reply.resource_kind != kind or reply.action != action:
                 raise AuthorizationUnavailable("invalid_reply", "plan does not match the request")
@@ -198,14 +248,25 @@ class PolicyDecisionPoint:
             span.planned(kind_name.removeprefix("KIND_"))
             return reply
 
-    async def _call(self, method: str, request: Any, request_id: str) -> Any:
+    async def _plan_once(
+        self, request: request_pb2.PlanResourcesRequest, request_id: str, deadline: float
+    ) -> response_pb2.PlanResourcesResponse:
+        reply = await self._call("PlanResources", request, request_id, deadline)
+        if not isinstance(reply, response_pb2.PlanResourcesResponse):
+            raise AuthorizationUnavailable("invalid_reply", "unexpected message type")
+        return reply
+
+    async def _call(self, method: str, request: Any, request_id: str, deadline: float) -> Any:
         if self._stub is None:
             raise AuthorizationUnavailable("pdp_unavailable", "PDP client not started")
         rpc = getattr(self._stub, method)
+        timeout = deadline - asyncio.get_running_loop().time()
+        if timeout <= 0:
+            raise AuthorizationUnavailable("pdp_timeout", "no time left before the deadline")
         try:
             # A per-call deadline is exact (unlike a service-config timeout) and is propagated
             # to the PDP, which abandons work nobody waits for.
-            return await rpc(request, timeout=self.timeout_seconds, metadata=_metadata(request_id))
+            return await rpc(request, timeout=timeout, metadata=_metadata(request_id))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -262,6 +323,18 @@ def _value(value: Any) -> struct_pb2.Value:
     raise TypeError(f"attribute value of type {type(value).__name__} cannot be sent to the PDP")
 
 
+def _unmatched(decisions: Sequence[ResourceDecision]) -> bool:
+    """Whether any answer matched no policy at all (its kind has none at the PDP right now)."""
+    return any(a.policy == NO_MATCH for d in decisions for a in d.actions.values())
+
+
+def _unmatched_plan(reply: response_pb2.PlanResourcesResponse) -> bool:
+    return bool(
+        reply.filter.kind == engine_pb2.PlanResourcesFilter.KIND_ALWAYS_DENIED
+        and reply.meta.filter_debug == NO_MATCH
+    )
+
+
 def _read_results(
     reply: response_pb2.CheckResourcesResponse,
     entries: Sequence[tuple[ResourceRef, Sequence[str]]],
@@ -285,7 +358,7 @@ def _read_results(
                 allowed=result.actions[action] == effect_pb2.EFFECT_ALLOW,
                 policy=meta.matched_policy
                 if meta is not None and meta.matched_policy
-                else "NO_MATCH",
+                else NO_MATCH,
                 outputs=tuple(
                     json_format.MessageToDict(out.val)
                     for out in result.outputs

@@ -8,7 +8,7 @@ threads and cannot leak between concurrent requests.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.edge.principal import Principal
 
@@ -17,6 +17,9 @@ from server.edge.principal import Principal
 class RequestInfo:
     request_id: str
     principal: Principal | None
+    # The component the request names, as sent (tool or prompt name, resource URI), once the
+    # authorization middleware has read it.
+    target: str = ""
 
 
 _current: ContextVar[RequestInfo | None] = ContextVar("mcp_request", default=None)
@@ -36,6 +39,18 @@ def current_principal() -> Principal:
 
 def bind_request(info: RequestInfo) -> object:
     return _current.set(info)
+
+
+def bind_target(target: str) -> None:
+    """Record the component the current request names (reset with the request's binding)."""
+    info = _current.get()
+    if info is not None:
+        _current.set(replace(info, target=target))
+
+
+def current_target() -> str:
+    info = _current.get()
+    return info.target if info is not None else ""
 
 
 def unbind_request(token: object) -> None:

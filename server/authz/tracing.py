@@ -1,6 +1,7 @@
-"""Spans for authorization decisions: one per PDP request, every decision in it findable.
+"""Spans for authorization decisions: one per decision, every decision in it findable.
 
-``decision_span`` wraps each CheckResources and PlanResources RPC of the PDP client, so the
+``decision_span`` wraps each CheckResources and PlanResources decision of the PDP client (one
+RPC, or two when an answer that matched no policy is asked again: an ``authz.retry`` event), so the
 middleware's component checks and the tools' record checks are traced by the same code. A span
 carries who asked (principal id and roles), the request id the PDP's decision log also records,
 the PDP's call id, the latency, and for each (resource, action) an ``authz.decision`` event with
@@ -41,6 +42,8 @@ _tracer = trace.get_tracer("server.authz")
 CHECK_SPAN: Final = "authz.check"
 PLAN_SPAN: Final = "authz.plan"
 DECISION_EVENT: Final = "authz.decision"
+RETRY_EVENT: Final = "authz.retry"
+RETRY_REASON: Final = "authz.retry.reason"
 
 # Attribute names, on decision spans, their events and (some) on FastMCP's server span.
 PRINCIPAL_ID: Final = "authz.principal.id"
@@ -76,6 +79,7 @@ DenialReason = Literal[
     # refused by the middleware before any decision:
     "unknown_method",
     "no_principal",
+    # refused at the HTTP edge (server/edge/ratelimit.py), before any MCP work:
     "rate_limited",
 ]
 
@@ -126,6 +130,10 @@ class DecisionSpan:
         elif must_allow:
             span.set_attribute(EFFECT, ALLOW)
 
+    def retried(self, reason: str) -> None:
+        """The PDP was asked again (its first answer matched no policy: a reload)."""
+        self.span.add_event(RETRY_EVENT, {RETRY_REASON: reason})
+
     def planned(self, filter_kind: str) -> None:
         """A PlanResources answer: ALWAYS_ALLOWED, ALWAYS_DENIED or CONDITIONAL."""
         self.span.set_attribute(PLAN_FILTER, filter_kind)
@@ -151,6 +159,9 @@ class _NotRecording(DecisionSpan):
         pass
 
     def planned(self, filter_kind: str) -> None:
+        pass
+
+    def retried(self, reason: str) -> None:
         pass
 
     def failed(self, reason: DenialReason, detail: str) -> None:
@@ -284,11 +295,14 @@ def allow_request() -> None:
         span.set_attribute(EFFECT, ALLOW)
 
 
-def refuse_request(reason: DenialReason, principal: Principal | None = None) -> None:
-    """The request is refused: ERROR status and the reason on the server span."""
+def refuse_request(reason: DenialReason, principal: Principal | str | None = None) -> None:
+    """The request is refused: ERROR status and the reason on the server span (at the HTTP
+    edge: on the HTTP span, when the request carried a ``traceparent`` header)."""
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({EFFECT: DENY, DENIAL_REASON: reason})
         if principal is not None:
-            span.set_attribute(PRINCIPAL_ID, principal.id)
+            span.set_attribute(
+                PRINCIPAL_ID, principal if isinstance(principal, str) else principal.id
+            )
         span.set_status(Status(StatusCode.ERROR, f"authorization denied: {reason}"))

@@ -8,8 +8,16 @@ A capability (``tools/<name>/``) imports the runtime only through this package.
 
 from server.authz.confirmation import Confirmed, ask_human, spend_confirmation
 from server.authz.decisions import ResourceDecision, ResourceRef
+from server.authz.errors import ExpectedToolError, resource_not_found
 from server.authz.errors import not_found as component_not_found
-from server.authz.records import NotPermitted, RecordAccess, obligations
+from server.authz.records import (
+    MISSING,
+    NotPermitted,
+    RecordAccess,
+    RecordId,
+    RecordNotFound,
+    obligations,
+)
 from server.capability.declaration import (
     Capability,
     InvalidDeclaration,
@@ -26,17 +34,21 @@ from server.vault.identities import KvSecret, ToolIdentity
 
 __all__ = [
     "DESTRUCTIVE",
+    "MISSING",
     "READ_ONLY",
     "WRITES",
     "Base",
     "Capability",
     "Confirmed",
     "Deleted",
+    "ExpectedToolError",
     "InvalidDeclaration",
     "KvSecret",
     "NotPermitted",
     "Principal",
     "RecordAccess",
+    "RecordId",
+    "RecordNotFound",
     "RecordPolicy",
     "ResourceDecision",
     "ResourceRef",
@@ -52,6 +64,7 @@ __all__ = [
     "get_store",
     "obligations",
     "random_secret",
+    "resource_not_found",
     "spend_confirmation",
     "tool_identity",
     "utcnow",

@@ -19,8 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy.orm import InstrumentedAttribute
-
+from server.authz.records import RecordPolicy
 from server.store.core import Base
 
 if TYPE_CHECKING:
@@ -28,6 +27,16 @@ if TYPE_CHECKING:
 
 NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 TRANSIT_KEY_TYPES: Final = ("aes256-gcm96", "chacha20-poly1305", "ed25519", "ecdsa-p256")
+
+__all__ = [
+    "Capability",
+    "InvalidDeclaration",
+    "RecordPolicy",
+    "SeedContext",
+    "VaultNeeds",
+    "component_name",
+    "random_secret",
+]
 
 
 class InvalidDeclaration(ValueError):
@@ -74,29 +83,6 @@ class VaultNeeds:
 
 
 @dataclass(frozen=True)
-class RecordPolicy:
-    """A record kind the capability's policy decides on (``policies/<kind>.yaml``).
-
-    ``columns`` maps each policy attribute to the column that stores it (NOT NULL, plaintext):
-    the same map turns a query plan into SQL and a row into the attributes of a record check.
-    ``call_attributes`` are attributes taken from a call rather than a column (e.g. the amount
-    of a refund); they are part of what the policy's fixtures must carry.
-    """
-
-    kind: str
-    columns: Mapping[str, InstrumentedAttribute[Any]]
-    call_attributes: tuple[str, ...] = ()
-
-    def attributes(self, row: Any) -> dict[str, Any]:
-        """``{policy attribute: value}`` for a stored row."""
-        return {name: getattr(row, column.key) for name, column in self.columns.items()}
-
-    @property
-    def attribute_names(self) -> frozenset[str]:
-        return frozenset((*self.columns, *self.call_attributes))
-
-
-@dataclass(frozen=True)
 class SeedContext:
     """What seeding gets: the capability's own Vault identity (None when it declares none)."""
 
@@ -125,7 +111,7 @@ class Capability:
     examples: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     models: Sequence[type[Base]] = ()
     seed: Seed | None = None
-    records: Sequence[RecordPolicy] = ()
+    records: Sequence[RecordPolicy[Any]] = ()
     vault: VaultNeeds | None = None
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from a policy must select exactly the rows a per-row decision would allow.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,7 +44,11 @@ def utcnow() -> datetime:
 
 
 class RecordChanged(ToolError):
-    """A concurrent write won: this one was rolled back."""
+    """A concurrent write won: this one was rolled back. An answer (retry), not a failure: one
+    log line at INFO."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, log_level=logging.INFO)
 
 
 class Base(DeclarativeBase):
@@ -82,18 +87,31 @@ class Store:
     re-issued; a store whose login has expired and cannot be re-issued refuses to open a
     transaction (``StoreUnavailable``), so nothing is changed. Without it (SQLite, a
     single-identity store) the URL is used as it is.
+
+    ``clock`` is the store's time (naive UTC, as stored): what rows are stamped with and what
+    "today" means for limits summed per day. Tests replace it to move to another day.
     """
 
     def __init__(
-        self, url: str, *, login: LoginSource | None = None, timeout_seconds: float = 5.0
+        self,
+        url: str,
+        *,
+        login: LoginSource | None = None,
+        timeout_seconds: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.url = url
         self.login = login
+        self.clock = clock
         self.timeout_seconds = timeout_seconds
         self._current: _Engine | None = None
         self._retired: list[_Engine] = []
         self._started = False
         self._switch = asyncio.Lock()
+
+    def now(self) -> datetime:
+        """The store's current time, naive UTC."""
+        return self.clock()
 
     @property
     def engine(self) -> AsyncEngine:

@@ -1,21 +1,27 @@
 """An account and the caller's right to it: load-and-decide, the contact details the caller may
 see, and one authorized change.
 
-``view_pii`` is decided in the same PDP call as the action, and contact details are decrypted,
-through this capability's own Vault identity, only for rows whose ``view_pii`` was allowed, in
-one batch per call. If Vault cannot decrypt, the call fails closed and changes nothing.
+An account the caller may not view is reported exactly like one that does not exist, and takes
+the same path (``RecordAccess.load``). ``view_pii`` is decided in the same PDP call as the
+action, and contact details are decrypted, through this capability's own Vault identity, only
+for rows whose ``view_pii`` was allowed, in one batch per call. If Vault cannot decrypt, the call
+fails closed and changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
-from fastmcp.exceptions import ToolError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.capability import RecordAccess, ResourceDecision, ResourceRef, Store, ToolIdentity
+from server.capability import (
+    RecordAccess,
+    RecordNotFound,
+    ResourceDecision,
+    Store,
+    ToolIdentity,
+)
 from tools.accounts import pii
 from tools.accounts.models import ACCOUNT, VIEW_PII, Account, AccountOut
 
@@ -37,59 +43,39 @@ async def contacts_for(
     return contacts.get(account.id)
 
 
-def policy_resource(account: Account, *, refund_amount: Decimal = Decimal(0)) -> ResourceRef:
-    attributes = ACCOUNT.attributes(account)
-    # Only the refund decision needs an argument of the call: its amount, nothing else.
-    attributes["refund_amount"] = float(refund_amount)
-    return ResourceRef(kind=ACCOUNT.kind, id=str(account.id), attributes=attributes)
-
-
-def not_found(account_id: int) -> ToolError:
-    return ToolError(f"Account {account_id} not found.")
+def not_found(account_id: int) -> RecordNotFound:
+    return RecordNotFound(f"Account {account_id} not found.")
 
 
 async def authorized(
-    session: AsyncSession,
-    access: RecordAccess,
-    account_id: int,
-    action: str,
-    doing: str,
-    *,
-    refund_amount: Decimal = Decimal(0),
+    session: AsyncSession, access: RecordAccess, account_id: int, action: str, doing: str
 ) -> tuple[Account, ResourceDecision]:
     """Load the account and require ``action`` on it; forbidden and missing look the same.
 
     ``view_pii`` is decided in the same PDP call, for the account the tool returns.
     """
-    account = await session.get(Account, account_id)
-    if account is None:
-        raise not_found(account_id)
-    decision = await access.require(
-        policy_resource(account, refund_amount=refund_amount),
+    return await access.load(
+        session,
+        ACCOUNT,
+        account_id,
         action,
         not_found=not_found(account_id),
         doing=doing,
         also=(VIEW_PII,),
     )
-    return account, decision
 
 
 async def viewable(
     session: AsyncSession,
     access: RecordAccess,
     identity: ToolIdentity,
-    account_id: int,
+    account_id: int | str,
     missing: Exception,
 ) -> AccountOut:
     """The account as the caller may see it: one decision for view and view_pii together."""
-    account = await session.get(Account, account_id)
-    if account is None:
-        raise missing
-    (decision,) = await access.decide(
-        [policy_resource(account)], ("view", VIEW_PII), must_allow=("view",)
+    account, decision = await access.load(
+        session, ACCOUNT, account_id, "view", not_found=missing, doing="view it", also=(VIEW_PII,)
     )
-    if not decision.allowed("view"):
-        raise missing
     return AccountOut.of(account, contacts=await contacts_for(identity, account, decision))
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import CheckConstraint, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.capability import RecordPolicy, Timestamp
+from server.capability import MISSING, RecordId, RecordPolicy, Timestamp
 from server.store.core import Base, utcnow
 from tools.accounts.pii import CIPHERTEXT_PREFIX
 
@@ -66,10 +66,14 @@ class Refund(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-# The account as policies/account.yaml sees it: policy attribute -> stored column, plus the one
-# attribute taken from a call (the amount of a refund being decided).
+# The account as policies/account.yaml sees it: policy attribute -> stored column, what an
+# account that does not exist is presented as (so that asking about it costs what asking about a
+# forbidden one costs; that decision is never used), and the attributes of a refund being
+# decided: its amount, and what the same principal already refunded on the account that day
+# (refund limits apply to the day's sum, so splitting a refund does not get around them).
 ACCOUNT: Final = RecordPolicy(
     kind="account",
+    model=Account,
     columns={
         "department": Account.department,
         "region": Account.region,
@@ -77,11 +81,18 @@ ACCOUNT: Final = RecordPolicy(
         "plan": Account.plan,
         "status": Account.status,
     },
-    call_attributes=("refund_amount",),
+    placeholder={
+        "department": MISSING,
+        "region": "eu",
+        "segment": "smb",
+        "plan": "free",
+        "status": "suspended",
+    },
+    call_attributes={"refund_amount": 0.0, "refunded_today": 0.0},
 )
 VIEW_PII: Final = "view_pii"
 
-AccountId = Annotated[int, Field(description="Numeric id of the customer account, e.g. 2.", ge=1)]
+AccountId = Annotated[RecordId, Field(description="Numeric id of the customer account, e.g. 2.")]
 
 
 class AccountOut(BaseModel):

@@ -15,13 +15,13 @@ from server.capability import (
     RecordAccess,
     Store,
     ToolIdentity,
-    component_not_found,
     get_record_access,
     get_store,
+    resource_not_found,
     tool_identity,
 )
 from tools.accounts import pii
-from tools.accounts.access import not_found, policy_resource, reveal, viewable
+from tools.accounts.access import not_found, reveal, viewable
 from tools.accounts.models import (
     ACCOUNT,
     DEPARTMENT,
@@ -55,7 +55,8 @@ async def list_accounts(
     async with store.transaction() as session:
         rows = (await session.scalars(query)).all()
     # Whether each row's contact details may be shown: one batched decision for the page.
-    decisions = await access.decide([policy_resource(r) for r in rows], (VIEW_PII,)) if rows else []
+    refs = [ACCOUNT.resource(r, r.id) for r in rows]
+    decisions = await access.decide(refs, (VIEW_PII,)) if rows else []
     visible = [r for r, d in zip(rows, decisions, strict=True) if d.allowed(VIEW_PII)]
     contacts = await reveal(identity, visible)
     accounts = [AccountOut.of(r, contacts=contacts.get(r.id)) for r in rows]
@@ -83,13 +84,14 @@ async def get_account(
     meta=CONFIDENTIAL,
 )
 async def account_resource(
-    account_id: int,
+    account_id: str,
     store: Store = Depends(get_store),
     access: RecordAccess = Depends(get_record_access),
     identity: ToolIdentity = Depends(tool_identity(pii.IDENTITY)),
 ) -> str:
-    # An account the caller may not view reads exactly like a URI that matches nothing.
-    missing = component_not_found("resource", f"account://{account_id}")
+    # The id as written in the URI: anything but a canonical id names no account. An account the
+    # caller may not view reads exactly like a URI that matches nothing, by the same path.
+    missing = resource_not_found()
     async with store.transaction() as session:
         account = await viewable(session, access, identity, account_id, missing)
         return account.model_dump_json()

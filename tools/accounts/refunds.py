@@ -1,29 +1,39 @@
-"""Refunds: money leaves the company, so the policy may ask a human to confirm first.
+"""Refunds: money leaves the company, so the policy limits them and may ask a human first.
 
-The refund is decided on the account as read inside the transaction that records it. When the
-decision carries the ``requires_confirmation`` obligation, the human is asked outside any
-transaction, and the whole call is authorized again when the answer comes back: the account may
-have changed while they thought. A confirmation runs its refund once.
+Limits apply to what a principal refunds on an account in a day, not to one call: the refund is
+decided on the account as read inside the transaction that records it, together with the sum of
+the caller's refunds on that account since the start of the day (UTC, by the store's clock), so
+splitting a refund does not get around the human. Two concurrent refunds cannot both be decided
+on the same stale sum: each lowers the account's balance, and the account's version column lets
+only one of two transactions that read the same version write (the other is rolled back and
+told to retry).
+
+When the decision carries the ``requires_confirmation`` obligation, the human is asked outside
+any transaction, and the whole call is authorized again when the answer comes back, on the
+account and the day's sum as they are then. A confirmation runs its refund once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext, Depends
-from fastmcp.exceptions import ToolError
 from fastmcp.tools import tool
 from mcp.types import InputRequiredResult
 from pydantic import Field
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.capability import (
     WRITES,
+    ExpectedToolError,
     Principal,
     RecordAccess,
+    ResourceDecision,
     Store,
     ask_human,
     get_principal,
@@ -32,8 +42,8 @@ from server.capability import (
     obligations,
     spend_confirmation,
 )
-from tools.accounts.access import authorized
-from tools.accounts.models import DEPARTMENT, Account, AccountId, Refund, RefundOut
+from tools.accounts.access import not_found
+from tools.accounts.models import ACCOUNT, DEPARTMENT, Account, AccountId, Refund, RefundOut
 
 RESTRICTED = {"department": DEPARTMENT, "sensitivity": "restricted"}
 
@@ -65,16 +75,16 @@ async def issue_refund(
 ) -> RefundOut | InputRequiredResult:
     """Refund part of an account's balance to the customer. Records who issued it and why.
 
-    Refunds above your limit may need a human to confirm them before they run.
+    Refunds that take what you refunded on the account today above your limit may need a human
+    to confirm them before they run.
     """
     doing = f"refund {amount} to account {account_id}"
     async with store.transaction() as session:
-        account, decision = await authorized(
-            session, access, account_id, "refund", doing, refund_amount=amount
-        )
+        now = store.now()
+        account, decision = await decide(session, access, caller, account_id, amount, doing, now)
         ask = obligations(decision.actions["refund"])
         if not ask.requires_confirmation:
-            return await refund(session, account, amount, reason, caller, confirmed=False)
+            return await refund(session, account, amount, reason, caller, now, confirmed=False)
         name = account.name
 
     # Ask the human outside any transaction; on 2026-07-28 connections this returns the
@@ -91,12 +101,63 @@ async def issue_refund(
     if isinstance(answer, InputRequiredResult):
         return answer
     async with store.transaction() as session:
-        # Decided again on the record as it is now: it may have changed while the human thought.
-        account, _ = await authorized(
-            session, access, account_id, "refund", doing, refund_amount=amount
-        )
+        # Decided again on the record and the day's sum as they are now: either may have
+        # changed while the human thought.
+        now = store.now()
+        account, _ = await decide(session, access, caller, account_id, amount, doing, now)
         await spend_confirmation(session, answer, subject=subject, principal=caller)
-        return await refund(session, account, amount, reason, caller, confirmed=True)
+        return await refund(session, account, amount, reason, caller, now, confirmed=True)
+
+
+def utc_day(moment: datetime) -> tuple[datetime, datetime]:
+    """The UTC day (start, end) that ``moment`` (naive UTC) falls in."""
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
+async def refunded_today(
+    session: AsyncSession, account_id: int, principal: Principal, now: datetime
+) -> Decimal:
+    """What ``principal`` refunded on the account during ``now``'s UTC day."""
+    start, end = utc_day(now)
+    cents = await session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+            Refund.account_id == account_id,
+            Refund.created_by == principal.id,
+            Refund.created_at >= start,
+            Refund.created_at < end,
+        )
+    )
+    return Decimal(int(cents or 0)) / 100
+
+
+async def decide(
+    session: AsyncSession,
+    access: RecordAccess,
+    caller: Principal,
+    account_id: int,
+    amount: Decimal,
+    doing: str,
+    now: datetime,
+) -> tuple[Account, ResourceDecision]:
+    """Require ``refund`` of ``amount`` on the account, given the caller's refunds today.
+
+    The account is read first and the day's sum after it, in the caller's transaction: a refund
+    committed after our read of the account also bumped its version, so our write fails rather
+    than running on a sum that missed it. A missing account takes the same path (same queries,
+    same PDP request) as one the caller may not view.
+    """
+    account = await access.fetch(session, ACCOUNT, account_id)
+    already = await refunded_today(session, account_id, caller, now)
+    return await access.require(
+        ACCOUNT,
+        account,
+        "refund",
+        record_id=account_id,
+        not_found=not_found(account_id),
+        doing=doing,
+        call={"refund_amount": float(amount), "refunded_today": float(already)},
+    )
 
 
 async def refund(
@@ -105,16 +166,27 @@ async def refund(
     amount: Decimal,
     reason: str,
     caller: Principal,
+    now: datetime,
     *,
     confirmed: bool,
 ) -> RefundOut:
-    """Record the refund and lower the balance, in the caller's transaction (all or nothing)."""
+    """Record the refund and lower the balance, in the caller's transaction (all or nothing).
+
+    Lowering the balance writes the account row under its version: of two transactions that
+    decided on the same version, only the first to commit writes.
+    """
     cents = int(amount * 100)
     if cents > account.balance_cents:
-        raise ToolError(
+        raise ExpectedToolError(
             f"Refund exceeds the refundable balance of account {account.id}. Nothing was changed."
         )
-    row = Refund(account_id=account.id, amount_cents=cents, reason=reason, created_by=caller.id)
+    row = Refund(
+        account_id=account.id,
+        amount_cents=cents,
+        reason=reason,
+        created_by=caller.id,
+        created_at=now,
+    )
     session.add(row)
     account.balance_cents -= cents
     await session.flush()

@@ -1,7 +1,8 @@
 """A ticket and the caller's right to it: load-and-decide, and one authorized change.
 
-A ticket the caller may not view is reported exactly like a ticket that does not exist. The
-record decision is made inside the transaction that writes, on the row as read there.
+A ticket the caller may not view is reported exactly like a ticket that does not exist, and
+takes the same path (``RecordAccess.load``). The record decision is made inside the transaction
+that writes, on the row as read there.
 """
 
 from __future__ import annotations
@@ -9,33 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastmcp.exceptions import ToolError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.capability import Principal, RecordAccess, ResourceRef, Store, ToolIdentity
+from server.capability import Principal, RecordAccess, RecordNotFound, Store, ToolIdentity
 from tools.tickets.models import TICKET, Ticket, TicketOut
 from tools.tickets.notifications import queue_notification, signing_key
 
 
-def policy_resource(ticket: Ticket) -> ResourceRef:
-    return ResourceRef(
-        kind=TICKET.kind, id=str(ticket.id or "new"), attributes=TICKET.attributes(ticket)
-    )
-
-
-def not_found(ticket_id: int) -> ToolError:
-    return ToolError(f"Ticket {ticket_id} not found.")
+def not_found(ticket_id: int) -> RecordNotFound:
+    return RecordNotFound(f"Ticket {ticket_id} not found.")
 
 
 async def authorized(
     session: AsyncSession, access: RecordAccess, ticket_id: int, action: str, doing: str
 ) -> Ticket:
     """Load the ticket and require ``action`` on it; forbidden and missing look the same."""
-    ticket = await session.get(Ticket, ticket_id)
-    if ticket is None:
-        raise not_found(ticket_id)
-    await access.require(
-        policy_resource(ticket), action, not_found=not_found(ticket_id), doing=doing
+    ticket, _ = await access.load(
+        session, TICKET, ticket_id, action, not_found=not_found(ticket_id), doing=doing
     )
     return ticket
 

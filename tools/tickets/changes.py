@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastmcp.dependencies import Depends
-from fastmcp.exceptions import ToolError
 from fastmcp.tools import tool
 from pydantic import Field
 
@@ -17,6 +16,8 @@ from server.capability import (
     DESTRUCTIVE,
     WRITES,
     Deleted,
+    ExpectedToolError,
+    NotPermitted,
     Principal,
     RecordAccess,
     Store,
@@ -26,8 +27,17 @@ from server.capability import (
     get_store,
     tool_identity,
 )
-from tools.tickets.access import Change, authorized, policy_resource
-from tools.tickets.models import DEPARTMENT, Category, Priority, Team, Ticket, TicketId, TicketOut
+from tools.tickets.access import Change, authorized
+from tools.tickets.models import (
+    DEPARTMENT,
+    TICKET,
+    Category,
+    Priority,
+    Team,
+    Ticket,
+    TicketId,
+    TicketOut,
+)
 from tools.tickets.notifications import IDENTITY, queue_notification, signing_key
 
 TAGS = {"tickets"}
@@ -66,9 +76,11 @@ async def create_ticket(
         assignee="",
         created_by=caller.id,
     )
-    decision = await access.decide([policy_resource(ticket)], ("create",), must_allow=("create",))
+    decision = await access.decide(
+        [TICKET.resource(ticket, "new")], ("create",), must_allow=("create",)
+    )
     if not decision[0].allowed("create"):
-        raise ToolError(
+        raise NotPermitted(
             f"You may not file a {priority} ticket in the {team} queue. Nothing was created."
         )
     key = await signing_key(identity)  # Vault before the write: a failure changes nothing
@@ -102,7 +114,7 @@ async def update_ticket(
     fields = {"title": title, "description": description, "priority": priority, "status": status}
     changes = {k: v for k, v in fields.items() if v is not None}
     if not changes:
-        raise ToolError("Nothing to update: give at least one field to change.")
+        raise ExpectedToolError("Nothing to update: give at least one field to change.")
 
     def apply(ticket: Ticket) -> None:
         for field, value in changes.items():

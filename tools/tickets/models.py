@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import CheckConstraint, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from server.capability import RecordPolicy, Timestamp
+from server.capability import MISSING, RecordId, RecordPolicy, Timestamp
 from server.store.core import Base, utcnow
 
 Status = Literal["open", "in_progress", "closed"]
@@ -71,9 +71,12 @@ class Outbox(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-# The ticket as policies/ticket.yaml sees it: policy attribute -> stored column.
+# The ticket as policies/ticket.yaml sees it: policy attribute -> stored column, and what a
+# ticket that does not exist is presented as (so that asking about it costs what asking about a
+# forbidden one costs; that decision is never used).
 TICKET: Final = RecordPolicy(
     kind="ticket",
+    model=Ticket,
     columns={
         "team": Ticket.team,
         "department": Ticket.department,
@@ -83,9 +86,18 @@ TICKET: Final = RecordPolicy(
         "assignee": Ticket.assignee,
         "created_by": Ticket.created_by,
     },
+    placeholder={
+        "team": "tier1",
+        "department": MISSING,
+        "status": "closed",
+        "priority": "low",
+        "category": "technical",
+        "assignee": "",
+        "created_by": MISSING,
+    },
 )
 
-TicketId = Annotated[int, Field(description="Numeric id of the ticket, e.g. 7.", ge=1)]
+TicketId = Annotated[RecordId, Field(description="Numeric id of the ticket, e.g. 7.")]
 
 
 class TicketOut(BaseModel):

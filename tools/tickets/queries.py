@@ -14,11 +14,11 @@ from server.capability import (
     READ_ONLY,
     RecordAccess,
     Store,
-    component_not_found,
     get_record_access,
     get_store,
+    resource_not_found,
 )
-from tools.tickets.access import authorized, policy_resource
+from tools.tickets.access import authorized
 from tools.tickets.models import (
     DEPARTMENT,
     TICKET,
@@ -76,15 +76,15 @@ async def get_ticket(
     meta=META,
 )
 async def ticket_resource(
-    ticket_id: int,
+    ticket_id: str,
     store: Store = Depends(get_store),
     access: RecordAccess = Depends(get_record_access),
 ) -> str:
-    # A ticket the caller may not view reads exactly like a URI that matches nothing.
-    missing = component_not_found("resource", f"ticket://{ticket_id}")
+    # The id as written in the URI: anything but a canonical id names no ticket. A ticket the
+    # caller may not view reads exactly like a URI that matches nothing, by the same path.
+    missing = resource_not_found()
     async with store.transaction() as session:
-        ticket = await session.get(Ticket, ticket_id)
-        if ticket is None:
-            raise missing
-        await access.require(policy_resource(ticket), "view", not_found=missing, doing="view it")
+        ticket, _ = await access.load(
+            session, TICKET, ticket_id, "view", not_found=missing, doing="view it"
+        )
         return TicketOut.of(ticket).model_dump_json()

@@ -96,7 +96,7 @@ def ticket_ref(row: dict[str, Any]) -> ResourceRef:
 
 def account_ref(row: dict[str, Any]) -> ResourceRef:
     attrs = {k: row[c.key] for k, c in ACCOUNT.columns.items()}
-    return ResourceRef("account", str(row["id"]), {**attrs, "refund_amount": 0.0})
+    return ResourceRef("account", str(row["id"]), {**attrs, **ACCOUNT.call_attributes})
 
 
 async def test_fifty_principals_twenty_mixed_calls_each_match_the_policy_oracle(

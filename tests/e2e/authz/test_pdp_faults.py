@@ -21,12 +21,14 @@ from cerbos.svc.v1 import svc_pb2_grpc
 from mcp import MCPError
 
 from ops.devstack import PDP, POLICIES, free_port, start_pdp
+from server.authz import components
 from server.authz.decisions import ResourceRef
 from server.authz.errors import AUTHORIZATION_UNAVAILABLE, AuthorizationUnavailable
-from server.authz.pdp import PolicyDecisionPoint
+from server.authz.pdp import NO_MATCH, PolicyDecisionPoint
 from server.edge.principal import Principal
 from server.settings import Settings
 from tests.support import GrpcServicerThread, RunningServer, db_snapshot, start_server
+from tools.tickets.models import TICKET
 
 ALICE = Principal(id="alice", roles=("support_agent",), department="support", teams=("tier1",))
 
@@ -260,6 +262,190 @@ async def test_policy_edit_applies_without_restarting_anything(
             assert time.monotonic() - started < 15, "policy change not applied"
             await asyncio.sleep(0.2)
         print(f"policy change applied after {time.monotonic() - started:.1f}s")
+    finally:
+        server.stop()
+        pdp.process.stop()
+
+
+# --- policy hot reloads -------------------------------------------------------------------------
+
+
+class CountingPDP(PolicyDecisionPoint):
+    """The server's PDP client, counting its CheckResources requests and retries."""
+
+    requests = 0
+    retries = 0
+
+    async def _check_once(self, *args: Any, **kwargs: Any) -> Any:
+        self.requests += 1
+        return await super()._check_once(*args, **kwargs)
+
+    def _time_for_retry(self, deadline: float, pause: float) -> bool:
+        allowed = super()._time_for_retry(deadline, pause)
+        self.retries += int(allowed)
+        return allowed
+
+
+class ReloadingPDP(svc_pb2_grpc.CerbosServiceServicer):
+    """A stand-in for the moment of a policy reload, which the real PDP produces only by chance
+    (for a few milliseconds): the first ``unmatched`` answers match no policy (DENY, NO_MATCH),
+    the following ones ALLOW under a policy. Counts the requests it gets."""
+
+    def __init__(self, unmatched: int, *, delay: float = 0.0) -> None:
+        self.unmatched = unmatched
+        self.delay = delay
+        self.requests = 0
+
+    def _answer(self, request: Any) -> response_pb2.CheckResourcesResponse:
+        self.requests += 1
+        reloading = self.requests <= self.unmatched
+        Result = response_pb2.CheckResourcesResponse.ResultEntry
+        results = []
+        for entry in request.resources:
+            effect = effect_pb2.EFFECT_DENY if reloading else effect_pb2.EFFECT_ALLOW
+            policy = "" if reloading else f"resource.{entry.resource.kind}.vdefault"
+            results.append(
+                Result(
+                    resource=Result.Resource(id=entry.resource.id, kind=entry.resource.kind),
+                    actions={a: effect for a in entry.actions},
+                    meta=Result.Meta(
+                        actions={
+                            a: Result.Meta.EffectMeta(matched_policy=policy) for a in entry.actions
+                        }
+                    ),
+                )
+            )
+        return response_pb2.CheckResourcesResponse(request_id=request.request_id, results=results)
+
+    async def CheckResources(
+        self, request: Any, context: Any
+    ) -> response_pb2.CheckResourcesResponse:
+        await asyncio.sleep(self.delay)
+        return self._answer(request)
+
+
+async def test_an_answer_that_matched_no_policy_is_asked_again() -> None:
+    stand_in = ReloadingPDP(unmatched=1)
+    with GrpcServicerThread(stand_in) as fake:
+        result = await decide(f"127.0.0.1:{fake.port}")
+    assert stand_in.requests == 2
+    assert all(d.allowed("list") and d.allowed("call") for d in result.decisions)
+
+
+async def test_a_kind_without_any_policy_stays_denied_after_the_retries() -> None:
+    stand_in = ReloadingPDP(unmatched=100)
+    with GrpcServicerThread(stand_in) as fake:
+        result = await decide(f"127.0.0.1:{fake.port}")
+    # decide() allows 0.5 s: asked again after 50, 100 and 200 ms, then the deadline is near.
+    assert 2 <= stand_in.requests <= 4
+    assert not any(d.allowed("list") or d.allowed("call") for d in result.decisions)
+
+
+async def test_no_retry_without_time_left_before_the_deadline() -> None:
+    """The retry is inside the call's deadline: an answer that came late is not asked again."""
+    stand_in = ReloadingPDP(unmatched=1, delay=0.4)  # decide() allows 0.5 s in all
+    with GrpcServicerThread(stand_in) as fake:
+        result = await decide(f"127.0.0.1:{fake.port}")
+    assert stand_in.requests == 1
+    assert not any(d.allowed("list") for d in result.decisions)
+
+
+async def test_calls_during_policy_reloads_get_the_answers_they_get_without_one(
+    cerbos_bin: Path,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+) -> None:
+    """Edit policies (derived roles, whose reload briefly leaves the policies importing them
+    unmatched, and resource policies) under a running PDP while calls run: every call gets the
+    answer it gets when nothing reloads.
+
+    The deadline is raised to 2 s here: while it recompiles, the PDP answers late (hundreds of
+    milliseconds on a busy two-core host), and a call past its deadline fails closed with
+    "Authorization unavailable" by design. That is the PDP's behaviour; what the server can fix,
+    an answer that matched no policy during the swap, is what this test looks for.
+    """
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    pdp = start_pdp(cerbos_bin, workdir=tmp_path / "pdp", policies=policies)
+    server = start_server(make_settings(pdp, pdp_timeout_seconds=2.0), token)
+    try:
+        async with server.client("alice") as client:
+            ticket = (await client.call_tool("create_ticket", {"title": "Reload probe"})).data
+            calls: dict[str, Callable[[], Any]] = {
+                "tools": lambda: client.list_tools(),
+                "get": lambda: client.call_tool("get_ticket", {"ticket_id": ticket.id}),
+                "list": lambda: client.call_tool("list_tickets", {"limit": 100}),
+                "read": lambda: client.read_resource(f"ticket://{ticket.id}"),
+            }
+
+            def outcome(name: str, result: Any) -> Any:
+                if name == "tools":
+                    return sorted(t.name for t in result)
+                if name == "read":
+                    return result[0].text[:20]
+                if name == "list":
+                    return result.structured_content["count"]
+                return result.structured_content["id"]
+
+            expected = {name: outcome(name, await call()) for name, call in calls.items()}
+            seen: list[tuple[str, Any]] = []
+            stop = asyncio.Event()
+
+            async def keep_calling() -> None:
+                while not stop.is_set():
+                    for name, call in calls.items():
+                        try:
+                            seen.append((name, outcome(name, await call())))
+                        except Exception as exc:  # noqa: BLE001 - every failure is recorded
+                            seen.append((name, f"{type(exc).__name__}: {exc}"[:200]))
+
+            # Beside the MCP calls, record decisions straight from a PDP client of the same
+            # kind, fast enough to land in the milliseconds in which a reload matches nothing.
+            direct = CountingPDP(
+                pdp.grpc_address, timeout_seconds=2.0, max_resources_per_request=50
+            )
+            await direct.start()
+            registered = await server.mcp.get_tool("create_ticket")
+            assert registered is not None
+            probe = [
+                (components.tool_resource(registered), ("call",)),
+                (TICKET.resource(None, ticket.id), ("view",)),
+            ]
+            unmatched: list[str] = []
+
+            async def keep_deciding() -> None:
+                while not stop.is_set():
+                    result = await direct.check(ALICE, probe, request_id="reload-probe")
+                    unmatched.extend(
+                        d.resource.kind
+                        for d in result.decisions
+                        for a in d.actions.values()
+                        if a.policy == NO_MATCH
+                    )
+
+            callers = [asyncio.create_task(keep_calling()) for _ in range(3)]
+            callers += [asyncio.create_task(keep_deciding()) for _ in range(4)]
+            edited = [
+                policies / "derived_roles" / "tickets.yaml",
+                policies / "derived_roles" / "mcp_components.yaml",
+                policies / "ticket.yaml",
+                policies / "mcp_tool.yaml",
+            ]
+            try:
+                for round_ in range(2):
+                    for path in edited:
+                        path.write_text(path.read_text() + f"\n# reload {round_}\n")
+                        await asyncio.sleep(2.5)  # the PDP reloads ~2 s after an edit
+            finally:
+                stop.set()
+                await asyncio.gather(*callers)
+                await direct.close()
+        print(f"{direct.retries} of {direct.requests} PDP requests were asked again")
+        assert unmatched == [], f"{len(unmatched)} decisions matched no policy: {unmatched[:5]}"
+        wrong = [(name, got) for name, got in seen if got != expected[name]]
+        assert len(seen) > 40, "calls ran throughout the reloads"
+        assert wrong == [], f"{len(wrong)} of {len(seen)} calls answered differently: {wrong[:5]}"
     finally:
         server.stop()
         pdp.process.stop()

@@ -62,7 +62,7 @@ def ticket_ref(row: dict[str, Any]) -> ResourceRef:
 
 def account_ref(row: dict[str, Any]) -> ResourceRef:
     attributes = {name: row[column.key] for name, column in ACCOUNT.columns.items()}
-    return ResourceRef(ACCOUNT.kind, str(row["id"]), {**attributes, "refund_amount": 0.0})
+    return ResourceRef(ACCOUNT.kind, str(row["id"]), {**attributes, **ACCOUNT.call_attributes})
 
 
 @pytest.fixture(scope="module", autouse=True)

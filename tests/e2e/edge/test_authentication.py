@@ -187,6 +187,61 @@ def raw_post(server: RunningServer, authorization: bytes, body: bytes) -> int:
     return int(status_line.split()[1])
 
 
+def raw_exchange(server: RunningServer, head: bytes, body: bytes) -> bytes:
+    """Send a request's head and (part of) its body; return the response head."""
+    request = (
+        b"POST " + server.settings.path.encode() + b" HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Accept: application/json, text/event-stream\r\n" + head + b"\r\n" + body
+    )
+    with socket.create_connection(("127.0.0.1", server.http.port), timeout=5) as sock:
+        sock.sendall(request)
+        reply = sock.makefile("rb")
+        lines = []
+        while (line := reply.readline()) not in (b"\r\n", b""):
+            lines.append(line)
+    return b"".join(lines)
+
+
+def test_two_authorization_headers_are_a_bad_request_whichever_comes_first(
+    server: RunningServer, no_pdp_calls: None
+) -> None:
+    """A proxy, a log and the server could each look at another one: refuse, don't pick."""
+    good = f"Bearer {server.token('alice')}".encode()
+    body = json.dumps(LIST_TOOLS).encode()
+    for first, second in [(good, b"Bearer forged"), (b"Bearer forged", good), (good, good)]:
+        head = raw_exchange(
+            server,
+            b"Authorization: " + first + b"\r\nAuthorization: " + second + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n",
+            body,
+        )
+        assert head.split()[1] == b"400", head
+        assert b'Bearer error="invalid_request"' in head
+
+
+def test_an_unauthenticated_request_is_answered_without_reading_its_body(
+    server: RunningServer,
+) -> None:
+    """The head promises 100 kB and only 10 bytes follow: an app that read the body would wait
+    for the rest (until the socket times out); the 401 comes at once."""
+    head = raw_exchange(server, b"Content-Length: 100000\r\nConnection: close\r\n", b'{"jsonrpc"')
+    assert head.split()[1] == b"401"
+    assert b'resource_metadata="' in head
+
+
+def test_the_clock_skew_leeway_applies_to_exp_too(server: RunningServer, issuer: DevIssuer) -> None:
+    """MCP_AUTH_CLOCK_SKEW_SECONDS (30 s by default) covers exp as it covers nbf and iat."""
+    skew = server.settings.auth_clock_skew_seconds
+    now = int(time.time())
+    within = issuer.sign(claims(issuer, exp=now - skew // 3, iat=now - 300, nbf=now - 300))
+    beyond = issuer.sign(claims(issuer, exp=now - 2 * skew, iat=now - 300, nbf=now - 300))
+    early = issuer.sign(claims(issuer, nbf=now + skew // 3, iat=now + skew // 3))
+    assert post(server, f"Bearer {within}").status_code == 200
+    assert post(server, f"Bearer {early}").status_code == 200
+    assert_unauthorized(post(server, f"Bearer {beyond}"))
+
+
 @pytest.mark.parametrize("header", GARBAGE, ids=range(len(GARBAGE)))
 def test_garbage_authorization_headers_get_4xx_and_the_server_keeps_working(
     server: RunningServer, header: bytes
@@ -201,15 +256,26 @@ def test_protected_resource_metadata_is_public(server: RunningServer, issuer: De
     assert response.status_code == 200
     metadata = response.json()
     assert metadata["resource"] == server.settings.resource_url
-    assert (
-        metadata["authorization_servers"]
-        and metadata["authorization_servers"][0].rstrip("/") == issuer.issuer
-    )
+    # Exactly as configured: issuer identifiers compare as strings, a trailing slash included.
+    assert metadata["authorization_servers"] == [issuer.issuer]
 
 
 def test_foreign_origin_is_refused(server: RunningServer) -> None:
     response = post(server, f"Bearer {server.token('alice')}", Origin="https://evil.example")
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:{other}", "http://127.0.0.1:{other}"])
+def test_a_loopback_origin_on_another_port_is_foreign(server: RunningServer, origin: str) -> None:
+    """A page served by another local program is not this server (DNS rebinding's cousin)."""
+    other = server.http.port + 1
+    response = post(server, f"Bearer {server.token('alice')}", Origin=origin.format(other=other))
+    assert response.status_code == 403
+
+
+def test_the_servers_own_origin_is_accepted(server: RunningServer) -> None:
+    response = post(server, f"Bearer {server.token('alice')}", Origin=server.base_url)
+    assert response.status_code == 200
 
 
 def test_foreign_host_header_is_refused(server: RunningServer) -> None:

@@ -4,6 +4,7 @@ SQL filters, encrypted personal data and money movement all work there too."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from server.authz.pdp import PolicyDecisionPoint
 from server.edge.principal import principal_from_claims
 from server.settings import Settings
 from tests.conftest import PostgresStack
-from tests.support import RunningServer, start_server
+from tests.support import GrpcServicerThread, RunningServer, start_server
 from tools import CAPABILITIES
 from tools.tickets.models import TICKET
 
@@ -117,3 +118,51 @@ async def test_writes_personal_data_and_confirmed_refunds_work_on_postgres(
     assert outbox[0]["n"] >= 1
     spent = await fetch(postgres_stack, "SELECT count(*) AS n FROM confirmation_use")
     assert spent[0]["n"] == 1  # the shared table: recorded through the accounts login
+
+
+async def test_two_concurrent_refunds_cannot_both_slip_under_the_limit_on_postgres(
+    pg_server: RunningServer,
+    postgres_stack: PostgresStack,
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+) -> None:
+    """As on SQLite (tests/e2e/authz/test_refund_limits.py): both refunds are decided on a day's
+    sum of 0; under READ COMMITTED the second write waits for the first and then finds the
+    account's version moved, so it is rolled back."""
+    from tests.e2e.authz.test_refund_limits import SlowRefundDecisions
+
+    account = 4  # seeded, enough balance, refunded by no other test here
+    with GrpcServicerThread(SlowRefundDecisions(pdp.grpc_address, delay=0.4)) as proxy:
+        proxied = PDP(
+            process=None,  # type: ignore[arg-type]
+            grpc_address=f"127.0.0.1:{proxy.port}",
+            http_url="",
+            audit_log=pdp.audit_log,
+        )
+        settings = make_settings(
+            proxied,
+            vault=postgres_stack.vault,
+            database_url=pg_server.settings.database_url,
+            pdp_timeout_seconds=3.0,
+        )
+        server = start_server(settings, token)
+        try:
+
+            async def refund() -> Any:
+                async with server.client("carol") as client:
+                    return await client.call_tool(
+                        "issue_refund",
+                        {"account_id": account, "amount": "300.00", "reason": "Concurrent"},
+                        raise_on_error=False,
+                    )
+
+            results = await asyncio.gather(refund(), refund())
+        finally:
+            server.stop()
+    assert sorted(r.is_error for r in results) == [False, True]
+    refused = next(r for r in results if r.is_error).content[0].text
+    assert "changed while this request was being decided" in refused
+    query = f"SELECT amount_cents FROM refund WHERE account_id = {account}"  # noqa: S608
+    rows = await fetch(postgres_stack, query)
+    assert [r["amount_cents"] for r in rows] == [30_000]

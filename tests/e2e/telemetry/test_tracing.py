@@ -15,7 +15,7 @@ import pytest
 from cerbos.svc.v1 import svc_pb2_grpc
 from fastmcp.exceptions import ToolError
 from mcp import MCPError
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -355,12 +355,16 @@ async def test_a_throttled_request_is_a_refusal_naming_who_and_why(
     token: Callable[..., str],
     spans: InMemorySpanExporter,
 ) -> None:
-    server = start_server(make_settings(pdp, rate_limit_per_second=0.01, rate_limit_burst=1), token)
+    """Throttling happens at the HTTP edge, before the body (and its ``_meta``) is read: the
+    refusal is recorded on the HTTP span, which a ``traceparent`` header continues."""
+    server = start_server(make_settings(pdp, rate_limit_per_second=0.01, rate_limit_burst=3), token)
     try:
         with caller_span() as trace_id:
-            async with server.client("mallory") as client:
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+            async with server.client("mallory", headers=headers) as client:
 
-                async def flood() -> None:  # the burst is one request; this needs more
+                async def flood() -> None:  # the burst is three requests; this needs more
                     for _ in range(3):
                         await client.call_tool("create_ticket", {"title": "Flood"})
 

@@ -4,16 +4,19 @@ generated from the registered components: tests/unit/ops/test_generated_files.py
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jsonschema
 import pytest
 from fastmcp import FastMCP
 
 from ops.dev_issuer import demo_principals
-from ops.policy_suites import FIXTURES, POLICY_TESTS, fixtures, load_yaml
+from ops.policy_suites import FIXTURES, POLICY_TESTS, ROOT, fixtures, load_yaml
 from server.app import create_server
 from server.authz import components
 from server.authz.decisions import ResourceRef
+from server.authz.records import RecordPolicy
 from server.edge.principal import principal_from_claims
 from server.settings import Settings
 from tools import CAPABILITIES
@@ -62,3 +65,26 @@ def test_a_component_without_policy_metadata_is_refused() -> None:
     with pytest.raises(components.MissingPolicyMetadata, match="department") as refused:
         components.require_policy_metadata([ref])
     assert "sensitivity" in str(refused.value)
+
+
+def test_every_record_placeholder_is_valid_for_its_kinds_schema() -> None:
+    """A missing record is asked about as its kind's placeholder: with the schema enforced, an
+    invalid one would make the PDP answer differently (validation errors) than for a real row."""
+    schemas = ROOT / "policies" / "_schemas"
+    for capability in CAPABILITIES:
+        for record in capability.records:
+            schema = json.loads((schemas / f"{record.kind}.json").read_text())
+            attributes = record.resource(None, 1).attributes
+            jsonschema.validate(dict(attributes), schema)
+            assert set(attributes) == record.attribute_names
+
+
+def test_a_placeholder_must_give_exactly_the_column_attributes() -> None:
+    ticket = next(r for c in CAPABILITIES for r in c.records if r.kind == "ticket")
+    with pytest.raises(ValueError, match="placeholder"):
+        RecordPolicy(
+            kind="ticket",
+            model=ticket.model,
+            columns=ticket.columns,
+            placeholder={k: v for k, v in ticket.placeholder.items() if k != "team"},
+        )
