@@ -42,6 +42,8 @@ NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKA
 # OPENBAO_PORT (8200, and + 1), ISSUER_PORT (8900), DEV_STATE_DIR (.dev), as environment or
 # make variables: `make dev PORT=9000 OPENBAO_PORT=9200` (docs/development.md).
 DEV_ENV := --env-file config/dev/dev.env
+# `STORE=postgres make dev`: a throwaway PostgreSQL from the pinned wheel, one login per capability.
+STORE ?= sqlite
 
 .PHONY: help install tools interop-tools dev stdio token identities access-report access-diff generate \
 	new-tool new-capability accept-tools test lint policy-test unit e2e audit bench compose-up \
@@ -102,7 +104,7 @@ $(NODE_CLIENT_STAMP):
 	@touch $@
 
 dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all; data kept in .dev/)
-	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO)
+	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) --store $(STORE)
 
 # No prerequisites and nothing echoed: a desktop client runs `make -s -C <checkout> stdio
 # user=<name>` and reads MCP from stdout, so only the server may write there.
@@ -115,7 +117,7 @@ token: install ## Print a bearer token for a demo principal: make token user=ali
 	@test -n "$(user)" || { echo "usage: make token user=<alice|bob|carol|dave|erin|mallory>" >&2; exit 2; }
 	@$(BIN)/python -m ops $(DEV_ENV) token "$(user)"
 
-identities: install tools ## Print each Vault identity, its policies and reachable paths, read from Vault
+identities: install tools ## Print each Vault identity and database role, their policies, paths and grants
 	@$(BIN)/python -m ops $(DEV_ENV) identities --bao $(BAO)
 
 new-tool: install ## Scaffold a tool, admins only until released: make new-tool name=<tool> capability=<capability> [kind=read|write|destructive]
@@ -168,6 +170,8 @@ compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector,
 	@mkdir -p compose/.secrets
 	@test -s compose/.secrets/bao-root-token || (umask 077 && $(PYTHON) -c \
 		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/bao-root-token)
+	@test -s compose/.secrets/pg-owner-password || (umask 077 && $(PYTHON) -c \
+		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/pg-owner-password)
 	$(COMPOSE) up --build
 
 compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice

@@ -6,8 +6,9 @@ stdio NAME       serve MCP on stdio as a demo principal, next to a running `dev`
 clean            delete the development state (refused while `dev` runs)           [development]
 dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
 token NAME       print a bearer token for a demo principal                          [development]
-vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys) and deliver
-                 the server's credential files; idempotent; admin token read from a file
+vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit keys; with a
+                 PostgreSQL store also the tables and one database role per capability) and
+                 deliver the server's credential files; idempotent; admin token read from a file
 identities       print each Vault identity, its policies and what it can reach, read from Vault
 accept-tools     record the server's tools as reviewed (tests/snapshots/tools.json)
 audit            pip-audit of the installed, pinned dependencies; fails when it cannot check
@@ -28,12 +29,16 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import uvicorn
 
 from server.capability import registry
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from ops.vault_bootstrap import DatabaseSetup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument(
         "--pdp-http-port", type=int, help="default: PDP_HTTP_PORT, else 3592 (see ops/ports.py)"
     )
+    dev.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite (one file, one identity) or postgres (a throwaway server from the pinned "
+        "wheel, one database login per capability)",
+    )
     stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
     stdio.add_argument("name")
     commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
@@ -69,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--admin-token-file", type=Path, required=True)
     boot.add_argument(
         "--out-dir", type=Path, help="default: the directory of MCP_VAULT_ROLE_ID_FILE"
+    )
+    boot.add_argument(
+        "--database-admin-file",
+        type=Path,
+        help="PostgreSQL store (MCP_DATABASE_URL): a file holding the password of the database "
+        "owner's login; the bootstrap creates the tables with it and gives it to Vault's "
+        "database engine, which creates each capability's short-lived users",
+    )
+    boot.add_argument(
+        "--database-admin-user",
+        default="mcp_owner",
+        help="the database owner's login name (default: mcp_owner)",
     )
     boot.add_argument(
         "--database-password-file",
@@ -144,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         from ops.ports import pdp_http_port_from_environment
 
         pdp_http_port = args.pdp_http_port or pdp_http_port_from_environment()
-        return run_dev(settings, args.cerbos, args.bao, pdp_http_port)
+        return run_dev(settings, args.cerbos, args.bao, pdp_http_port, args.store)
     if args.command == "stdio":
         from ops.stdio import run_stdio
 
@@ -158,8 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return access_diff.main(args.cerbos, args.ref, settings, repo=args.repo)
     if args.command == "vault-bootstrap":
+        database = None
+        if args.database_admin_file is not None:
+            from ops.vault_bootstrap import DatabaseSetup
+
+            database = DatabaseSetup(
+                settings.database_url, args.database_admin_user, args.database_admin_file
+            )
         return _vault_bootstrap(
-            settings, args.admin_token_file, args.out_dir, args.database_password_file
+            settings, args.admin_token_file, args.out_dir, args.database_password_file, database
         )
     return _identities(settings, args.admin_token_file, args.bao)
 
@@ -218,6 +249,7 @@ def _vault_bootstrap(
     admin_token_file: Path,
     out_dir: Path | None,
     database_password_file: Path | None = None,
+    database: DatabaseSetup | None = None,
 ) -> int:
     from ops.vault_admin import admin_client, read_token_file
     from ops.vault_bootstrap import BootstrapConfig, bootstrap, export_database_password
@@ -233,7 +265,9 @@ def _vault_bootstrap(
             role_prefix=settings.vault_role_prefix,
             kv_mount=settings.vault_kv_mount,
             transit_mount=settings.vault_transit_mount,
+            database_mount=settings.vault_database_mount,
         ),
+        database=database,
     )
     for item in result.created:
         print(f"created    {item}")
@@ -248,43 +282,58 @@ def _vault_bootstrap(
 
 def _identities(settings: Settings, admin_token_file: Path | None, bao: Path | None) -> int:
     from ops import devstack
-    from ops.identity_report import read_identities, render
+    from ops.identity_report import (
+        read_database_roles,
+        read_identities,
+        render,
+        render_database_roles,
+    )
+    from ops.postgres_server import start_postgres
     from ops.vault_admin import admin_client, read_token_file
-    from ops.vault_bootstrap import bootstrap
+    from ops.vault_bootstrap import DatabaseSetup, bootstrap
 
-    def report(admin: object) -> None:
-        print(
-            render(
-                read_identities(
-                    admin,
-                    approle_mount=settings.vault_approle_mount,
-                    server_role=settings.vault_approle_role,
-                    role_prefix=settings.vault_role_prefix,
-                )
-            )
+    def report(admin: Any) -> None:
+        identities = read_identities(
+            admin,
+            approle_mount=settings.vault_approle_mount,
+            server_role=settings.vault_approle_role,
+            role_prefix=settings.vault_role_prefix,
         )
+        print(render(identities))
+        print()
+        roles = read_database_roles(admin, identities, mount=settings.vault_database_mount)
+        print(render_database_roles(roles))
 
     if admin_token_file is not None:
         report(admin_client(settings, read_token_file(admin_token_file)))
         return 0
     assert bao is not None
     with tempfile.TemporaryDirectory(prefix="identities-") as workdir:
-        vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+        # A throw-away OpenBao and PostgreSQL (from the pinned wheel), bootstrapped from the
+        # registered capabilities, so the database roles are listed with their live grants too.
+        postgres = start_postgres()
         try:
-            local = settings.model_copy(update={"vault_address": vault.address})
-            admin = admin_client(local, vault.root_token)
-            bootstrap(
-                admin,
-                out_dir=Path(workdir) / "credential",
-                capabilities=registry.load(settings.capabilities),
-            )
-            print(
-                f"# Identities as the registered capabilities declare them (throw-away OpenBao "
-                f"{vault.address})"
-            )
-            report(admin)
+            vault = devstack.start_openbao(bao, workdir=Path(workdir) / "bao")
+            try:
+                local = settings.model_copy(update={"vault_address": vault.address})
+                admin = admin_client(local, vault.root_token)
+                bootstrap(
+                    admin,
+                    out_dir=Path(workdir) / "credential",
+                    capabilities=registry.load(settings.capabilities),
+                    database=DatabaseSetup(
+                        postgres.url(), postgres.owner, postgres.owner_password_file
+                    ),
+                )
+                print(
+                    f"# Identities as the registered capabilities declare them (throw-away "
+                    f"OpenBao {vault.address}, PostgreSQL on port {postgres.port})"
+                )
+                report(admin)
+            finally:
+                vault.process.stop()
         finally:
-            vault.process.stop()
+            postgres.remove()
     return 0
 
 

@@ -9,24 +9,31 @@ It never destroys data, its own or a running stack's:
    directory is refused even on other ports;
 3. OpenBao keeps its data under the state directory and unseals itself (``ops.dev_openbao``), so
    the transit keys that encrypt the demo database survive restarts and the database is kept.
+
+``STORE=postgres make dev`` serves from a throwaway PostgreSQL (from the pinned wheel, fresh each
+run, removed on stop) instead of the SQLite file, each capability with its own short-lived
+database login from Vault.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ops import devstack
 from ops.dev_openbao import DevVault, start_dev_openbao
 from ops.ports import dev_ports, refuse_busy_ports
+from ops.postgres_server import PostgresServer, start_postgres
 from ops.statedir import StateLock, state_dir
 from ops.stdio import issue_launcher_token
 from ops.vault_admin import admin_client
-from ops.vault_bootstrap import BootstrapConfig, bootstrap
+from ops.vault_bootstrap import BootstrapConfig, DatabaseSetup, bootstrap
 from server.__main__ import serve_forever
 from server.capability import registry
 from server.settings import Settings
+from server.store.stores import is_single_identity
 
 SQLITE: str = "sqlite+aiosqlite:///"
 # Generous: on a loaded machine the first start (OpenBao init, the bootstrap's raft writes, the
@@ -34,17 +41,20 @@ SQLITE: str = "sqlite+aiosqlite:///"
 STARTUP_TIMEOUT: float = 90
 
 
-def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> int:
+def run_dev(
+    settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int, store: str = "sqlite"
+) -> int:
     if settings.environment != "development" or not settings.auth_jwks_url:
         raise SystemExit(
             "`dev` runs only in development, with MCP_AUTH_ISSUER/MCP_AUTH_JWKS_URL set"
         )
     # Before anything is written or started: every port free, or a one-line refusal.
+    jwks_url = settings.auth_jwks_url
     refuse_busy_ports(dev_ports(settings, pdp_http_port))
     state = state_dir()
     lock = StateLock(state)
     lock.acquire(command="make dev")
-    processes: list[devstack.ManagedProcess] = []
+    processes: list[_Stops] = []
     try:
         try:
             pdp = devstack.start_pdp(
@@ -64,6 +74,14 @@ def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> 
             )
             processes.append(vault.process)
             set_aside = set_aside_database(settings, state) if vault.initialised_now else None
+            database = None
+            if store == "postgres":
+                postgres = start_postgres()
+                processes.append(_Stoppable(postgres))
+                settings = settings.model_copy(update={"database_url": postgres.url()})
+                database = DatabaseSetup(
+                    postgres.url(), postgres.owner, postgres.owner_password_file
+                )
             admin = admin_client(settings, vault.root_token)
             config = BootstrapConfig(
                 approle_mount=settings.vault_approle_mount,
@@ -79,19 +97,20 @@ def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> 
                 out_dir=settings.vault_role_id_file.parent,
                 capabilities=registry.load(settings.capabilities),
                 config=config,
+                database=database,
             )
             issue_launcher_token(admin, vault.workdir, config)
             issuer_env = {
                 "MCP_ENVIRONMENT": "development",
                 "MCP_AUTH_ISSUER": settings.auth_issuer or "",
-                "MCP_AUTH_JWKS_URL": settings.auth_jwks_url,
+                "MCP_AUTH_JWKS_URL": jwks_url,
                 "MCP_DEV_ISSUER_DIR": str(settings.dev_issuer_dir.resolve()),
             }
             processes.append(
                 devstack.start_dev_issuer(
                     workdir=state,
                     env=issuer_env,
-                    jwks_url=settings.auth_jwks_url,
+                    jwks_url=jwks_url,
                     timeout=STARTUP_TIMEOUT,
                 )
             )
@@ -104,6 +123,20 @@ def run_dev(settings: Settings, cerbos: Path, bao: Path, pdp_http_port: int) -> 
         for process in reversed(processes):
             process.stop()
         lock.release()
+
+
+class _Stops(Protocol):
+    def stop(self) -> None: ...
+
+
+class _Stoppable:
+    """A started PostgreSQL, stopped (and its files removed) with the other processes."""
+
+    def __init__(self, postgres: PostgresServer) -> None:
+        self.postgres = postgres
+
+    def stop(self) -> None:
+        self.postgres.remove()
 
 
 def database_file(settings: Settings) -> Path | None:
@@ -139,6 +172,7 @@ def banner(
         vault_dir=vault.workdir,
         issuer=settings.auth_issuer,
         tracing=_tracing_line(settings),
+        store=_store_line(settings),
     )
     if set_aside is not None:
         lines += (
@@ -146,6 +180,12 @@ def banner(
             f"was kept as\n        {set_aside} (its encrypted fields need the old keys)\n"
         )
     return lines
+
+
+def _store_line(settings: Settings) -> str:
+    if is_single_identity(settings.database_url):
+        return f"SQLite {settings.database_url} (one identity; STORE=postgres for per-capability)"
+    return f"PostgreSQL {settings.database_url}, one short-lived login per capability (Vault)"
 
 
 def _tracing_line(settings: Settings) -> str:
@@ -162,6 +202,7 @@ BANNER = """
   OpenBao (development)      {vault}   data kept in {vault_dir}
                              (auto-unsealed; root token in its 0600 file root-token: dev only)
   Dev token issuer           {issuer}
+  Store                      {store}
   Tracing                    {tracing}
 
   Get a token:     make token user=alice      (alice bob carol dave erin mallory)

@@ -16,7 +16,13 @@ What it sets up, from the plan ``ops.vault_plan`` renders from the registered ca
 - the AppRole ``mcp-server`` whose tokens hold only ``mcp-server`` (no default policy);
 - every declared KV secret (random first values, created only if absent) and transit key;
 - the credential: ``role-id`` and ``secret-id.wrapped`` (a response-wrapped secret id that only
-  the server unwraps, once) in the output directory, mode 0600.
+  the server unwraps, once) in the output directory, mode 0600;
+- with a PostgreSQL store (``database=DatabaseSetup(...)``): the registered capabilities' tables,
+  created by the database's owner login (``ops.store_schema``); the database secrets engine; its
+  connection, which Vault uses with that owner login to create and drop users; and one database
+  role per capability (``ops.vault_plan.DatabaseRole``). The owner's password comes from the
+  operator as a file, never from configuration; it goes to Vault's connection configuration
+  (which Vault never returns) and nowhere else.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from typing import Any
 
 import hvac
 import hvac.exceptions
+from sqlalchemy.engine import make_url
 
-from ops.vault_plan import SERVER_POLICY, VaultNames, plan
+from ops.store_schema import create_tables
+from ops.vault_plan import SERVER_POLICY, VaultNames, VaultPlan, plan
 from server.capability.declaration import Capability
+from server.capability.registry import all_tables
 from server.settings import Settings
 from server.vault.settings_source import vault_fields
 
@@ -51,10 +60,38 @@ class BootstrapConfig:
     child_token_max_ttl: int = 3600
     secret_id_ttl: int = 30 * 24 * 3600
     wrap_ttl: int = 300
+    database_mount: str = "database"
+    database_connection: str = "mcp"
+    # A database login's lease (and its user's VALID UNTIL); the server re-issues logins well
+    # before, as each one also dies with the identity token that obtained it.
+    database_credential_ttl: int = 900
 
     @property
     def names(self) -> VaultNames:
-        return VaultNames(self.role_prefix, self.kv_mount, self.transit_mount)
+        return VaultNames(self.role_prefix, self.kv_mount, self.transit_mount, self.database_mount)
+
+
+@dataclass(frozen=True)
+class DatabaseSetup:
+    """What the bootstrap needs for a PostgreSQL store: the store's URL (host, port, database;
+    no user, no password) and the owner login Vault will use, its password read from a file."""
+
+    url: str
+    admin_user: str
+    admin_password_file: Path = field(repr=True)
+
+    def admin_password(self) -> str:
+        password = self.admin_password_file.read_text().strip()
+        if not password:
+            raise SystemExit(f"{self.admin_password_file} is empty")
+        return password
+
+    @property
+    def host_port_database(self) -> tuple[str, int, str]:
+        url = make_url(self.url)
+        if url.get_backend_name() != "postgresql" or not url.host or not url.database:
+            raise SystemExit(f"not a PostgreSQL URL with a host and a database: {self.url}")
+        return url.host, url.port or 5432, url.database
 
 
 @dataclass
@@ -74,9 +111,11 @@ def bootstrap(
     out_dir: Path,
     capabilities: Iterable[Capability],
     config: BootstrapConfig | None = None,
+    database: DatabaseSetup | None = None,
 ) -> BootstrapResult:
     config = config or BootstrapConfig()
     result = BootstrapResult()
+    capabilities = list(capabilities)
     wanted = plan(capabilities, config.names)
 
     for name, hcl in wanted.policies.items():
@@ -147,10 +186,70 @@ def bootstrap(
             )
         result.note(f"transit key {key}", created=not exists)
 
+    if database is not None:
+        _database_engine(admin, database, capabilities, wanted, config, result)
+
     result.role_id_file, result.wrapped_secret_id_file = deliver_server_credential(
         admin, out_dir=out_dir, config=config
     )
     return result
+
+
+def _database_engine(
+    admin: hvac.Client,
+    database: DatabaseSetup,
+    capabilities: list[Capability],
+    wanted: VaultPlan,
+    config: BootstrapConfig,
+    result: BootstrapResult,
+) -> None:
+    """Tables (as the owner), the database engine, its connection and one role per capability."""
+    host, port, name = database.host_port_database
+    password = database.admin_password()
+    created = create_tables(
+        host=host,
+        port=port,
+        database=name,
+        user=database.admin_user,
+        password=password,
+        tables=all_tables(capabilities),
+    )
+    for table in created:
+        result.note(f"table {table}", created=True)
+    mounts = admin.sys.list_mounted_secrets_engines()["data"]
+    mount = config.database_mount
+    if f"{mount}/" not in mounts:
+        admin.sys.enable_secrets_engine("database", path=mount)
+        result.note(f"database mount {mount}", created=True)
+    # Vault fills {{username}} and {{password}} in itself; neither is in the URL it stores.
+    connection_url = f"postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/{name}"
+    admin.write_data(
+        f"{mount}/config/{config.database_connection}",
+        data={
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": connection_url,
+            "username": database.admin_user,
+            "password": password,
+            "password_authentication": "scram-sha-256",
+            "allowed_roles": [role.name for role in wanted.database_roles],
+            "verify_connection": True,
+        },
+    )
+    result.note(f"database connection {config.database_connection}", created=True)
+    for role in wanted.database_roles:
+        path = f"{mount}/roles/{role.name}"
+        before = _read(admin, path)
+        admin.write_data(
+            path,
+            data={
+                "db_name": config.database_connection,
+                "creation_statements": role.creation_statements(name),
+                "revocation_statements": role.revocation_statements(name),
+                "default_ttl": config.database_credential_ttl,
+                "max_ttl": config.database_credential_ttl,
+            },
+        )
+        result.note(f"database role {role.name}", created=before != _read(admin, path))
 
 
 def deliver_server_credential(

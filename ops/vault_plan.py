@@ -5,7 +5,13 @@
   uses exactly the transit keys it declares;
 - the server's own policy: mint the child token of each of those identities through its token
   role, renew and revoke its own token, nothing else;
-- the secrets and transit keys to create when absent, with how each first value is generated.
+- the secrets and transit keys to create when absent, with how each first value is generated;
+- one database role per capability that owns tables (PostgreSQL stores): the statements Vault
+  runs to create a short-lived user that may read and write exactly that capability's tables
+  (``Capability.models``) and use their sequences, plus read and insert the runtime's shared
+  tables (a spent confirmation is read and recorded, never changed or deleted); no DDL, no
+  other table. The capability's identity may read ``<database mount>/creds/<role>`` and nothing
+  else of the database engine.
 
 The bootstrap applies this plan; ``python -m ops generate`` writes the policies to
 ``config/vault/policies/`` so that a reviewer reads exactly what the bootstrap applies, and a test
@@ -14,11 +20,14 @@ fails when the two drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from server.capability.declaration import Capability, random_secret
+from sqlalchemy import Integer, Table
+
+from server.capability import registry
+from server.capability.declaration import Capability, InvalidDeclaration, random_secret
 from server.settings import Settings
 from server.vault.identities import SETTINGS_IDENTITY
 from server.vault.settings_source import vault_fields
@@ -37,12 +46,123 @@ class VaultNames:
     role_prefix: str = "mcp-"
     kv_mount: str = "secret"
     transit_mount: str = "transit"
+    database_mount: str = "database"
 
     @classmethod
     def of(cls, settings: Settings) -> VaultNames:
         return cls(
-            settings.vault_role_prefix, settings.vault_kv_mount, settings.vault_transit_mount
+            settings.vault_role_prefix,
+            settings.vault_kv_mount,
+            settings.vault_transit_mount,
+            settings.vault_database_mount,
         )
+
+
+# What a capability's database user may do: on its own tables, and on the runtime's shared ones.
+OWN_TABLE_PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
+SHARED_TABLE_PRIVILEGES: Final = ("SELECT", "INSERT")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def serial_sequence(table: Table) -> str | None:
+    """The sequence PostgreSQL creates for ``table``'s integer autoincrement key (SERIAL), named
+    the way PostgreSQL names it; None when the table has none."""
+    column = table.autoincrement_column
+    if column is None or not isinstance(column.type, Integer):
+        return None
+    name = f"{table.name}_{column.name}_seq"
+    if len(name) > 63:
+        raise InvalidDeclaration(
+            f"table {table.name!r}: its sequence name {name!r} is longer than PostgreSQL's 63 "
+            "characters; use a shorter table or key name"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class DatabaseRole:
+    """A capability's database role in Vault, and what its users may do in PostgreSQL."""
+
+    name: str  # the Vault role (and the path database/creds/<name>)
+    identity: str  # the Vault identity that may read its credentials
+    capability: str
+    tables: tuple[str, ...]  # the capability's own: OWN_TABLE_PRIVILEGES
+    shared_tables: tuple[str, ...]  # the runtime's: SHARED_TABLE_PRIVILEGES
+    sequences: tuple[str, ...]  # of its own tables: USAGE (nextval for inserts)
+
+    def grants(self, database: str) -> list[str]:
+        """The GRANT statements (``{{name}}`` is the user Vault creates)."""
+        user = '"{{name}}"'
+        statements = [f"GRANT CONNECT ON DATABASE {_quoted(database)} TO {user}"]
+        if self.tables:
+            statements.append(
+                f"GRANT {', '.join(OWN_TABLE_PRIVILEGES)} ON TABLE "
+                f"{', '.join(map(_quoted, self.tables))} TO {user}"
+            )
+        if self.shared_tables:
+            statements.append(
+                f"GRANT {', '.join(SHARED_TABLE_PRIVILEGES)} ON TABLE "
+                f"{', '.join(map(_quoted, self.shared_tables))} TO {user}"
+            )
+        if self.sequences:
+            statements.append(
+                f"GRANT USAGE ON SEQUENCE {', '.join(map(_quoted, self.sequences))} TO {user}"
+            )
+        return statements
+
+    def creation_statements(self, database: str) -> list[str]:
+        """A login that expires with its lease, inherits nothing, and holds only the grants."""
+        return [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+            "VALID UNTIL '{{expiration}}' NOINHERIT",
+            *self.grants(database),
+        ]
+
+    def revocation_statements(self, database: str) -> list[str]:
+        """Undo every grant, then drop the user: its password and open sessions stop working.
+
+        Revoked schema-wide, not table by table: a grant added to the role by hand later (or a
+        table it was granted since) would otherwise keep the user from being dropped.
+        """
+        user = '"{{name}}"'
+        return [
+            f"REVOKE ALL ON DATABASE {_quoted(database)} FROM {user}",
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}",
+            f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}",
+            f"DROP ROLE IF EXISTS {user}",
+        ]
+
+
+def database_roles(
+    capabilities: Iterable[Capability], names: VaultNames | None = None
+) -> tuple[DatabaseRole, ...]:
+    """One role per capability that owns tables; such a capability needs a Vault identity."""
+    names = names or VaultNames()
+    shared = registry.shared_tables()
+    roles = []
+    for capability in capabilities:
+        tables: Sequence[Table] = registry.capability_tables(capability)
+        if not tables:
+            continue
+        if capability.identity is None:
+            raise InvalidDeclaration(
+                f"capability {capability.name!r} owns tables but declares no Vault identity: "
+                "its database login comes through one (vault=VaultNeeds(identity=...))"
+            )
+        roles.append(
+            DatabaseRole(
+                name=f"{names.role_prefix}{capability.identity}",
+                identity=capability.identity,
+                capability=capability.name,
+                tables=tuple(t.name for t in tables),
+                shared_tables=tuple(t.name for t in shared),
+                sequences=tuple(s for t in tables if (s := serial_sequence(t)) is not None),
+            )
+        )
+    return tuple(roles)
 
 
 @dataclass(frozen=True)
@@ -52,6 +172,7 @@ class VaultPlan:
     secrets: Mapping[str, Mapping[str, Callable[[], str]]]  # KV path -> key -> first value
     transit_keys: Mapping[str, str]  # key name -> type
     names: VaultNames
+    database_roles: tuple[DatabaseRole, ...] = ()
 
     def role(self, identity: str) -> str:
         """The token role (and policy) of an identity."""
@@ -60,6 +181,9 @@ class VaultPlan:
 
 def plan(capabilities: Iterable[Capability], names: VaultNames | None = None) -> VaultPlan:
     names = names or VaultNames()
+    capabilities = list(capabilities)
+    roles = database_roles(capabilities, names)
+    creds = {r.identity: f"{names.database_mount}/creds/{r.name}" for r in roles}
     capabilities = [c for c in capabilities if c.vault is not None]
     settings_secrets = _settings_secrets()
     policies: dict[str, str] = {}
@@ -84,11 +208,12 @@ def plan(capabilities: Iterable[Capability], names: VaultNames | None = None) ->
             reads=needs.secrets,
             transit=needs.transit_keys,
             names=names,
+            database_creds=creds.get(needs.identity),
         )
         secrets.update(needs.secrets)
         transit.update(needs.transit_keys)
     policies[SERVER_POLICY] = _server_policy(identities, names)
-    return VaultPlan(policies, tuple(identities), secrets, transit, names)
+    return VaultPlan(policies, tuple(identities), secrets, transit, names, roles)
 
 
 def _settings_secrets() -> dict[str, dict[str, Callable[[], str]]]:
@@ -105,6 +230,7 @@ def _identity_policy(
     reads: Iterable[str],
     transit: Iterable[str],
     names: VaultNames,
+    database_creds: str | None = None,
 ) -> str:
     lines = [
         GENERATED,
@@ -118,6 +244,11 @@ def _identity_policy(
             lines.append(
                 f'path "{names.transit_mount}/{operation}/{key}" {{ capabilities = ["update"] }}\n'
             )
+    if database_creds is not None:
+        lines.append(
+            "# Its own short-lived database login (PostgreSQL), nothing else of that engine.\n"
+        )
+        lines.append(f'path "{database_creds}" {{ capabilities = ["read"] }}\n')
     return "".join(lines)
 
 

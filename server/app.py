@@ -17,8 +17,6 @@ from typing import Any
 from fastmcp import FastMCP
 from fastmcp.telemetry import suppress_fastmcp_telemetry
 from starlette.middleware import Middleware as ASGIMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.authz import components
@@ -26,6 +24,8 @@ from server.authz.errors import quiet_expected_outcomes
 from server.authz.middleware import SERVED_METHODS, AuthorizationMiddleware
 from server.capability import registry
 from server.capability.declaration import Capability
+from server.capability.scope import CapabilityScope
+from server.edge import health
 from server.edge.authn import EdgeAuthProvider, build_auth_provider
 from server.edge.limits import BodyLimits, DeclaredSizeLimit
 from server.edge.origin import OriginGuard
@@ -81,7 +81,10 @@ def create_server(
         strict_input_validation=True,
         on_duplicate="error",
     )
-    registry.register(mcp, capabilities)
+    owners = registry.register(mcp, capabilities)
+    # Inside authorization (added after it): binds the running component's capability, so that
+    # the component receives its own capability's store.
+    mcp.add_middleware(CapabilityScope(owners))
     _advertise_only_served_methods(mcp)
     # On 2026-07-28 connections the MCP SDK validates `Mcp-Param-*` headers of every tools/call
     # against the tool's schema. Without a lookup it finds the schema by running a whole
@@ -90,10 +93,8 @@ def create_server(
     # tools that declare any, so "no schema" validates exactly the same, without the listing.
     mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
 
-    @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
-    async def healthz(_: Request) -> Response:
-        ready = server_state["ready"]
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    for path, probe in health.probes(runtime, lambda: server_state["ready"]).items():
+        mcp.custom_route(path, methods=["GET"], include_in_schema=False)(probe)
 
     return mcp
 

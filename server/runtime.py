@@ -6,8 +6,11 @@ closes last, so the PDP channel's first RPC and the shutdown's last spans are ex
 
 Startup order matters: Vault first (the server's login and every capability's identity), then
 the settings that come from Vault, then the production guard on what was actually obtained, and
-only then the store: the registered capabilities' tables, and their demo rows where empty. Any
-failure stops startup: the server never becomes ready without its secrets.
+only then the stores: on PostgreSQL each capability's store logs in with its own short-lived
+database user (from Vault's database engine, through that capability's identity) and checks
+that its tables are there and granted; on SQLite the one store creates the tables. Then each
+capability's demo rows, where its tables are empty, written through its own store. Any failure
+stops startup: the server never becomes ready without its secrets.
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
 
 from sqlalchemy import Table
 
-from server.authz.confirmation import ConfirmationUse
 from server.authz.pdp import PolicyDecisionPoint
 from server.capability import registry
-from server.capability.declaration import Capability, SeedContext
+from server.capability.declaration import Capability, InvalidDeclaration, SeedContext
 from server.settings import Settings
-from server.store.core import Base, Store
+from server.store.core import Store
+from server.store.credentials import DatabaseCredentials
+from server.store.stores import Stores, is_single_identity
 from server.telemetry.setup import Telemetry
 from server.vault import production_guard
 from server.vault.client import SecretsUnavailable, VaultStartupError
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     capabilities: Sequence[Capability]
-    store: Store
+    stores: Stores
     pdp: PolicyDecisionPoint
     identities: Identities
     telemetry: Telemetry
@@ -54,7 +57,10 @@ class Runtime:
             # The settings source is synchronous (pydantic-settings) and does HTTP: off the loop.
             self.settings = await asyncio.to_thread(with_vault_secrets, self.settings, reader)
             production_guard.enforce(self.settings, facts)
-            await self.store.start(tables=self.tables, password=self.settings.database_password)
+            await self.stores.start(
+                {c.name: registry.capability_tables(c) for c in self.capabilities},
+                registry.shared_tables(),
+            )
             if self.settings.seed_demo_data:
                 await self._seed()
         except (VaultStartupError, production_guard.ProductionGuardError) as refused:
@@ -75,9 +81,7 @@ class Runtime:
     @property
     def tables(self) -> list[Table]:
         """The runtime's own tables and every registered capability's."""
-        models: list[type[Base]] = [ConfirmationUse]
-        models += [m for c in self.capabilities for m in c.models]
-        return [cast(Table, model.__table__) for model in models]
+        return registry.all_tables(self.capabilities)
 
     async def _seed(self) -> None:
         """Each capability's demo rows, where all of its tables are still empty."""
@@ -86,12 +90,15 @@ class Runtime:
             if seed is None:
                 continue
             identity = self.identities.tool(capability.identity) if capability.identity else None
-            tables = [cast(Table, model.__table__) for model in capability.models]
-            if await self.store.seed_if_empty(tables, partial(seed, SeedContext(identity))):
+            tables = registry.capability_tables(capability)
+            store = self.stores.of(capability.name)
+            if await store.seed_if_empty(tables, partial(seed, SeedContext(identity))):
                 log.info("seeded the demo rows of %s", capability.name)
 
     async def close(self) -> None:
-        await self.store.close()
+        # Engines first (their connections end), then the server's token: revoking it revokes
+        # every identity token it minted and, with them, every database login they obtained.
+        await self.stores.close()
         await self.identities.close()
         await self.pdp.close()
         await self.telemetry.close()
@@ -107,11 +114,39 @@ def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None 
         max_resources_per_request=settings.pdp_max_resources_per_request,
         tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
     )
+    identities = Identities(settings, registry.identities(capabilities))
     return Runtime(
         settings=settings,
         capabilities=tuple(capabilities),
-        store=Store(settings.database_url),
+        stores=build_stores(settings, capabilities, identities),
         pdp=pdp,
-        identities=Identities(settings, registry.identities(capabilities)),
+        identities=identities,
         telemetry=Telemetry(settings),
     )
+
+
+def build_stores(
+    settings: Settings, capabilities: Sequence[Capability], identities: Identities
+) -> Stores:
+    """SQLite: one store for all. PostgreSQL: one per capability that owns tables, each with
+    its own database login from Vault, through the capability's own identity."""
+    owning = [c for c in capabilities if c.models]
+    timeout = settings.database_timeout_seconds
+    if is_single_identity(settings.database_url):
+        shared = Store(settings.database_url, timeout_seconds=timeout)
+        return Stores({c.name: shared for c in owning} or {"": shared})
+    stores: dict[str, Store] = {}
+    for capability in owning:
+        if capability.identity is None:
+            raise InvalidDeclaration(
+                f"capability {capability.name!r} owns tables but declares no Vault identity: on "
+                "PostgreSQL its database login comes through it (vault=VaultNeeds(identity=...))"
+            )
+        login = DatabaseCredentials(
+            identities,
+            capability.identity,
+            mount=settings.vault_database_mount,
+            role=f"{settings.vault_role_prefix}{capability.identity}",
+        )
+        stores[capability.name] = Store(settings.database_url, login=login, timeout_seconds=timeout)
+    return Stores(stores)

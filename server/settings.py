@@ -159,7 +159,12 @@ class Settings(BaseSettings):
     # --- store -------------------------------------------------------------------------------
     database_url: str = Field(
         default="sqlite+aiosqlite:///.dev/data/template.db",
-        description="SQLAlchemy async URL, without password (that comes from Vault).",
+        description="SQLAlchemy async URL without user or password. SQLite: one file, one "
+        "identity for every capability. PostgreSQL (`postgresql+asyncpg://host:port/db`): each "
+        "capability connects with its own short-lived login from Vault's database engine.",
+    )
+    database_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="Connect timeout, and the readiness probe's bound."
     )
     seed_demo_data: bool = Field(
         default=True, description="Add each capability's demo rows to its empty tables."
@@ -221,13 +226,19 @@ class Settings(BaseSettings):
     )
     vault_kv_mount: str = Field(default="secret", description="Mount of the KV v2 engine.")
     vault_transit_mount: str = Field(default="transit", description="Mount of the transit engine.")
+    vault_database_mount: str = Field(
+        default="database",
+        description="Mount of the database secrets engine (PostgreSQL stores): capability X's "
+        "login comes from `<mount>/creds/<prefix>X`.",
+    )
 
     # --- settings-level secrets: values come from Vault (see server/vault/settings_source.py) ---
     database_password: Annotated[SecretStr | None, FromVault("mcp/server", "database_password")] = (
         Field(
             default=None,
-            description="Password for MCP_DATABASE_URL's user (not for SQLite); its value comes "
-            "only from Vault, through the server's settings identity.",
+            description="A settings-level secret read from Vault only, through the server's "
+            "settings identity. The store does not use it: PostgreSQL logins are per capability, "
+            "from Vault's database engine.",
         )
     )
 

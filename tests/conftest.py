@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ops.dev_issuer import DevIssuer, demo_principals
 from ops.devstack import PDP, OpenBao, free_port, start_openbao, start_pdp
-from ops.vault_bootstrap import BootstrapConfig, bootstrap, deliver_server_credential
+from ops.postgres_server import PostgresServer, start_postgres
+from ops.vault_bootstrap import (
+    BootstrapConfig,
+    DatabaseSetup,
+    bootstrap,
+    deliver_server_credential,
+)
 from server.settings import Settings
 from server.telemetry import setup as telemetry
 from tests.support import (
@@ -222,3 +229,51 @@ def spans() -> Iterator[InMemorySpanExporter]:
     telemetry.attach(processor)
     yield exporter
     telemetry.detach(processor)
+
+
+@dataclass
+class PostgresStack:
+    """A throwaway PostgreSQL (from the pinned wheel) and an OpenBao of its own whose database
+    engine creates each capability's users in it."""
+
+    postgres: PostgresServer
+    vault: OpenBao
+
+    @property
+    def url(self) -> str:
+        return self.postgres.url()
+
+
+def start_postgres_stack(bao: Path, workdir: Path) -> PostgresStack:
+    postgres = start_postgres()
+    try:
+        vault = start_openbao(bao, workdir=workdir / "openbao")
+    except BaseException:
+        postgres.remove()
+        raise
+    try:
+        bootstrap(
+            admin_client(vault),
+            out_dir=workdir / "bootstrap",
+            capabilities=CAPABILITIES,
+            database=DatabaseSetup(postgres.url(), postgres.owner, postgres.owner_password_file),
+        )
+    except BaseException:
+        vault.process.stop()
+        postgres.remove()
+        raise
+    CANARIES.extend(
+        [vault.root_token, vault.unseal_key, postgres.owner_password, postgres.superuser_password]
+    )
+    return PostgresStack(postgres, vault)
+
+
+@pytest.fixture(scope="module")
+def postgres_stack(
+    bao_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PostgresStack]:
+    """One per test module: PostgreSQL with the capabilities' tables, and its OpenBao."""
+    stack = start_postgres_stack(bao_bin, tmp_path_factory.mktemp("postgres-stack"))
+    yield stack
+    stack.vault.process.stop()
+    stack.postgres.remove()

@@ -101,6 +101,25 @@ class PolicyDecisionPoint:
             await self._channel.close()
         self._channel = self._stub = None
 
+    async def serving(self) -> bool:
+        """Whether the PDP answers its gRPC health check as SERVING within the deadline.
+
+        The request (an empty ``HealthCheckRequest``) and the SERVING reply (``status: 1``) are
+        encoded by hand: a readiness probe needs no extra dependency.
+        """
+        if self._channel is None:
+            return False
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        try:
+            reply = await check(b"", timeout=self.timeout_seconds)
+        except grpc.RpcError:
+            return False
+        return bool(reply == b"\x08\x01")
+
     async def check(
         self,
         principal: Principal,

@@ -1,5 +1,5 @@
-"""What a tool may receive by injection: the store, the caller, record-level access, and its
-own capability's Vault identity.
+"""What a tool may receive by injection: its capability's store, the caller, record-level
+access, and its own capability's Vault identity.
 
 Injected parameters are invisible in the tool's input schema, so a client cannot supply them.
 A tool gets its own capability's Vault identity and nothing else: never the server's token,
@@ -17,6 +17,7 @@ from fastmcp.dependencies import CurrentContext
 
 from server.authz.records import RecordAccess
 from server.authz.request_context import current_principal, current_request
+from server.capability.scope import current_capability
 from server.edge.principal import Principal
 from server.store.core import Store
 from server.vault.identities import ToolIdentity
@@ -30,7 +31,12 @@ def get_runtime(ctx: Context = CurrentContext()) -> Runtime:
 
 
 def get_store(ctx: Context = CurrentContext()) -> Store:
-    return get_runtime(ctx).store
+    """The store of the capability that declared the running component.
+
+    The component cannot choose: on PostgreSQL each capability's store connects as that
+    capability's own database user, whose grants reach its own tables only (``server.store``).
+    """
+    return get_runtime(ctx).stores.of(current_capability())
 
 
 def get_principal() -> Principal:

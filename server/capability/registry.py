@@ -14,12 +14,15 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from fastmcp import FastMCP
+from sqlalchemy import Table
 
 from server.authz.components import SENSITIVITIES
+from server.authz.confirmation import ConfirmationUse
 from server.capability.declaration import Capability, InvalidDeclaration, component_name
+from server.capability.scope import ComponentOwners
 
 # What the server tells every client, before each capability's own sentence.
 PREAMBLE: Final = (
@@ -54,16 +57,37 @@ def check_all(capabilities: Iterable[Capability]) -> tuple[Capability, ...]:
     return capabilities
 
 
-def register(mcp: FastMCP[Any], capabilities: Iterable[Capability]) -> None:
+def register(mcp: FastMCP[Any], capabilities: Iterable[Capability]) -> ComponentOwners:
+    """Add every capability's components to ``mcp``; returns which capability owns which."""
+    owners = ComponentOwners()
     for capability in check_all(capabilities):
         for fn in (*capability.tools, *capability.resources, *capability.prompts):
             _check_component(capability, fn)
         for tool in capability.tools:
             mcp.add_tool(tool)
+            owners.tools[component_name(tool)] = capability.name
         for resource in capability.resources:
             mcp.add_resource(resource)
+            owners.resources[str(resource.__fastmcp__.uri)] = capability.name  # type: ignore[attr-defined]
         for prompt in capability.prompts:
             mcp.add_prompt(prompt)
+            owners.prompts[component_name(prompt)] = capability.name
+    return owners
+
+
+def shared_tables() -> list[Table]:
+    """The runtime's own tables, used by every capability (today: spent confirmations)."""
+    return [cast(Table, ConfirmationUse.__table__)]
+
+
+def capability_tables(capability: Capability) -> list[Table]:
+    """The tables a capability owns (its ``models``)."""
+    return [cast(Table, model.__table__) for model in capability.models]
+
+
+def all_tables(capabilities: Iterable[Capability]) -> list[Table]:
+    """The runtime's tables and every registered capability's."""
+    return [*shared_tables(), *(t for c in capabilities for t in capability_tables(c))]
 
 
 def instructions(capabilities: Iterable[Capability]) -> str:

@@ -339,6 +339,21 @@ class Identities:
             close_client(held.client)
         close_client(self._unauthenticated)
 
+    async def usable(self) -> bool:
+        """Every identity holds a token it may use now (for readiness).
+
+        Makes a Vault request only for a token that is due to be re-minted; a token that cannot
+        be re-minted still counts while it is usable.
+        """
+        for name in self.names:
+            try:
+                held = await self._child(name)
+            except SecretsUnavailable:
+                return False
+            if time.monotonic() >= held.lease.usable_until:
+                return False
+        return True
+
     # --- what tools and settings get -------------------------------------------------------------
 
     def tool(self, name: str) -> ToolIdentity:

@@ -60,6 +60,11 @@ def test_the_stack_holds_no_secret_values() -> None:
                     f"{name}: {key}"
                 )
     assert "database_password" not in COMPOSE.read_text()
-    server = environment(SERVICES["mcp-server"])
-    assert "@" in server["MCP_DATABASE_URL"]
-    assert ":" not in server["MCP_DATABASE_URL"].split("//", 1)[1].split("@", 1)[0]  # no password
+    for name in ("vault-init", "mcp-server"):
+        url = {**SPEC["x-server-env"], **environment(SERVICES[name])}["MCP_DATABASE_URL"]
+        assert "@" not in url  # no user, no password: each capability's login comes from Vault
+
+
+def test_the_server_is_healthy_only_when_ready() -> None:
+    probe = " ".join(SERVICES["mcp-server"]["healthcheck"]["test"])
+    assert "/readyz" in probe

@@ -4,3 +4,5 @@
 
 path "transit/encrypt/accounts" { capabilities = ["update"] }
 path "transit/decrypt/accounts" { capabilities = ["update"] }
+# Its own short-lived database login (PostgreSQL), nothing else of that engine.
+path "database/creds/mcp-accounts" { capabilities = ["read"] }

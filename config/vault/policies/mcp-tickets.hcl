@@ -3,3 +3,5 @@
 # It reaches exactly these paths; every other identity's paths are denied to it.
 
 path "secret/data/tools/tickets/notifications" { capabilities = ["read"] }
+# Its own short-lived database login (PostgreSQL), nothing else of that engine.
+path "database/creds/mcp-tickets" { capabilities = ["read"] }

@@ -114,7 +114,7 @@ async def test_only_the_same_principals_refunds_on_the_same_account_count(
 @pytest.fixture
 def tomorrow(server: RunningServer) -> Iterator[Callable[[], None]]:
     """Moves the server's store clock a day ahead on request; put back after the test."""
-    store = server.runtime.store
+    store = server.runtime.stores.of("accounts")  # the store the refund tools get
     clock = store.clock
 
     def move() -> None:
