@@ -1,11 +1,14 @@
 """Asking the human before an action the policy marked ``requires_confirmation``.
 
 On 2026-07-28 connections the tool returns an ``InputRequiredResult`` (an elicitation form), and
-the client retries the same call with the answer. Each retry re-runs the whole authorization, so
-the decision is fresh. The question is bound to exactly one action (``subject``) and one
-principal through the sealed ``request_state``, expires, and carries a nonce that the tool stores
-in the same transaction as the action: an accepted answer runs the action once, and cannot be
-replayed or reused for another amount. On older connections the server elicits in-line.
+the client retries the same call with the answer, to this replica or another. Each retry re-runs
+the whole authorization, so the decision is fresh. The question is bound to exactly one action
+(``subject``) and one principal through the sealed ``request_state`` (sealed by the MCP SDK
+under the key every replica shares, ``server.authz.request_state``), expires, and carries a
+nonce that the tool stores in the same transaction as the action, in the shared database: an
+accepted answer runs the action once, on whichever replica, and cannot be replayed or reused for
+another amount. On older connections the server elicits in-line (within one connection, so
+within one replica).
 
 Decline, cancel, a wrong or stale answer, or a client that cannot ask: the action does not run.
 """
