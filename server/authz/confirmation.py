@@ -27,6 +27,7 @@ from fastmcp.exceptions import ToolError
 from mcp.types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from pydantic import BaseModel, Field
 from sqlalchemy import String
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,6 +36,7 @@ from server.store.core import Base, utcnow
 
 INPUT_KEY: Final = "confirm"
 MAX_AGE_SECONDS: Final = 300
+ALREADY_USED: Final = "This confirmation was already used. Nothing was changed."
 FORM_SCHEMA: Final = {
     "type": "object",
     "properties": {
@@ -71,12 +73,17 @@ async def spend_confirmation(
 ) -> None:
     """Mark the confirmation used, in the transaction of the action it allows.
 
-    A second use is refused here; two concurrent uses collide on the primary key and one
-    transaction rolls back.
+    A second use is refused here. Two concurrent uses (the same answer sent to two replicas at
+    once) collide on the primary key: the nonce is written first, so the second transaction
+    waits for the first and, once it committed, is refused the same way and rolls back.
     """
     if await session.get(ConfirmationUse, confirmed.nonce) is not None:
-        raise ToolError("This confirmation was already used. Nothing was changed.")
+        raise ToolError(ALREADY_USED)
     session.add(ConfirmationUse(nonce=confirmed.nonce, subject=subject, principal=principal.id))
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ToolError(ALREADY_USED) from None
 
 
 def not_confirmed(what: str) -> ToolError:
