@@ -1,7 +1,8 @@
 """Development and operator commands: ``python -m ops <command>`` (the Makefile wraps them).
 
-dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve;
-                 Ctrl-C stops all; busy ports are refused before anything starts  [development]
+dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve
+                 (--replicas N: N server processes over one PostgreSQL); Ctrl-C stops all;
+                 busy ports are refused before anything starts                    [development]
 stdio NAME       serve MCP on stdio as a demo principal, next to a running `dev`   [development]
 clean            delete the development state (refused while `dev` runs)           [development]
 dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="sqlite (one file, one identity) or postgres (a throwaway server from the pinned "
         "wheel, one database login per capability)",
+    )
+    dev.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="server processes on PORT, PORT+1, ... sharing one PostgreSQL (needs --store "
+        "postgres), one PDP and one OpenBao; each logs in to Vault with its own credential",
     )
     stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
     stdio.add_argument("name")
@@ -168,7 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         from ops.ports import pdp_http_port_from_environment
 
         pdp_http_port = args.pdp_http_port or pdp_http_port_from_environment()
-        return run_dev(settings, args.cerbos, args.bao, pdp_http_port, args.store)
+        return run_dev(
+            settings,
+            args.cerbos,
+            args.bao,
+            pdp_http_port,
+            args.store,
+            replicas=args.replicas,
+            env_file=args.env_file,
+        )
     if args.command == "stdio":
         from ops.stdio import run_stdio
 
