@@ -69,10 +69,13 @@ class Cluster:
     workdir: Path
     replicas: dict[str, Replica] = field(default_factory=dict)
 
-    def start(self, names: Sequence[str], timeout: float = 120) -> list[Replica]:
+    def start(
+        self, names: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None
+    ) -> list[Replica]:
         """Start replicas together (their startups overlap, demo seeding included), each with a
-        fresh single-use credential of its own, and wait until every one is ready."""
-        started = [self._spawn(name) for name in names]
+        fresh single-use credential of its own, and wait until every one is ready. ``env``:
+        settings that differ from the defaults below."""
+        started = [self._spawn(name, env or {}) for name in names]
         try:
             for replica in started:
                 wait_until(replica.ready, timeout=timeout, what=f"replica {replica.name}")
@@ -82,7 +85,7 @@ class Cluster:
             raise
         return started
 
-    def _spawn(self, name: str) -> Replica:
+    def _spawn(self, name: str, extra: dict[str, str]) -> Replica:
         credential = self.workdir / name / "credential"
         role_id, wrapped = deliver_server_credential(
             admin_client(self.stack.vault), out_dir=credential
@@ -104,6 +107,7 @@ class Cluster:
             "MCP_RATE_LIMIT_PER_SECOND": "10000",
             "MCP_RATE_LIMIT_BURST": "10000",
             "MCP_PREAUTH_RATE_LIMIT_PER_SECOND": "0",
+            **extra,
         }
         process = spawn(
             f"replica-{name}",

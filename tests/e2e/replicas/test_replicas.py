@@ -8,7 +8,8 @@ and one OpenBao.
   succeed, and the other replica keeps serving;
 - the outbox holds each change once: one row per committed change, across replicas, conflicts
   and retries;
-- what stays per replica: a handshake-era (legacy) session lives in the replica that opened it.
+- what stays per replica: a handshake-era (legacy) session lives in the replica that opened it,
+  and rate limits count per process.
 """
 
 from __future__ import annotations
@@ -409,3 +410,24 @@ async def test_each_change_has_one_outbox_row_across_replicas_conflicts_and_retr
         f"\noutbox: rounds={rounds} updates={sum(acked.values())} conflicts retried={conflicts} "
         f"{totals}"
     )
+
+
+async def test_rate_limits_count_per_replica(cluster: Cluster, token: Callable[..., str]) -> None:
+    """The buckets live in each process: a principal throttled by one replica is still served by
+    another with the same limit (with N replicas behind a balancer, up to N times the limit).
+    A shared limit belongs in front of the replicas (docs/replicas.md)."""
+    limits = {"MCP_RATE_LIMIT_PER_SECOND": "0.2", "MCP_RATE_LIMIT_BURST": "3"}
+    first, second = cluster.start(["limited-1", "limited-2"], env=limits)
+    headers = {"Authorization": f"Bearer {token('alice')}", "Content-Type": "application/json"}
+
+    async def statuses(replica: Replica, n: int) -> list[int]:
+        async with httpx2.AsyncClient(timeout=10) as raw:
+            return [
+                (await raw.post(replica.url, content=b"{}", headers=headers)).status_code
+                for _ in range(n)
+            ]
+
+    on_first = await statuses(first, 6)
+    on_second = await statuses(second, 3)
+    assert on_first.count(429) >= 2 and 429 not in on_first[:3]
+    assert 429 not in on_second
