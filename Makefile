@@ -170,12 +170,8 @@ bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table
 
 COMPOSE := docker compose -f compose/docker-compose.yaml
 
-compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector, trace UI, server)
-	@mkdir -p compose/.secrets
-	@test -s compose/.secrets/bao-root-token || (umask 077 && $(PYTHON) -c \
-		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/bao-root-token)
-	@test -s compose/.secrets/pg-owner-password || (umask 077 && $(PYTHON) -c \
-		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/pg-owner-password)
+compose-up: install ## The whole stack with Docker in production shape (docs/compose.md)
+	@$(BIN)/python -m ops compose-secrets
 	$(COMPOSE) up --build
 
 compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice
