@@ -54,7 +54,7 @@ def cluster(
         running.stop()
 
 
-def accept(answer: dict[str, Any]) -> Callable[..., Any]:
+def answering(answer: dict[str, Any]) -> Callable[..., Any]:
     async def handler(message: str, response_type: Any, params: Any, context: Any) -> Any:
         return answer
 
@@ -140,7 +140,7 @@ async def test_one_answer_sent_to_both_replicas_at_once_runs_the_refund_once(
     router = Router(cluster.replicas, route)
     # Keep the sealed question: answer "no" first (that spends nothing), then send "yes".
     async with router.client(
-        a.url, token("carol"), elicitation_handler=accept({"confirm": False})
+        a.url, token("carol"), elicitation_handler=answering({"confirm": False})
     ) as carol:
         declined = await carol.call_tool(
             "issue_refund",
