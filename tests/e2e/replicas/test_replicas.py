@@ -28,9 +28,14 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import MCPError
+from sqlalchemy import String
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ops.dev_issuer import DevIssuer
 from ops.devstack import PDP
+from server.store.core import Store
 from tests.conftest import PostgresStack, admin_client
 from tests.e2e.replicas.cluster import Cluster, Replica, Router, rpc_method
 from tools.tickets.notifications import SIGNING_KEY_PATH
@@ -74,6 +79,54 @@ async def test_both_replicas_seeded_the_demo_rows_once_between_them(cluster: Clu
     names = [r["name"] for r in accounts]
     assert Counter(names)[ROWS[0][0]] == 1
     assert names[: len(ROWS)] == [row[0] for row in ROWS]
+
+
+class SeedProbe(DeclarativeBase):
+    pass
+
+
+class SeedRow(SeedProbe):
+    __tablename__ = "replica_seed_probe"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seeded_by: Mapped[str] = mapped_column(String(16))
+
+
+async def test_two_stores_seeding_an_empty_table_at_once_add_the_rows_once(
+    cluster: Cluster,
+) -> None:
+    """What each replica's startup does, made to overlap for sure: both stores find the table
+    empty at the same moment and take their time making the rows. One adds them; the other,
+    held by the advisory lock, then finds them there."""
+    database = cluster.stack.postgres
+    url = make_url(database.url(user=database.owner)).set(password=database.owner_password)
+    owner = create_async_engine(url)
+    async with owner.begin() as conn:
+        await conn.run_sync(SeedProbe.metadata.create_all)
+    await owner.dispose()
+    stores = [Store(url.render_as_string(hide_password=False)) for _ in range(2)]
+    for store in stores:
+        await store.start(tables=[])
+    table = SeedRow.__table__
+    try:
+
+        def rows(replica: str) -> Callable[[], Any]:
+            async def make() -> list[SeedRow]:
+                await asyncio.sleep(0.5)  # the other replica's check happens meanwhile
+                return [SeedRow(seeded_by=replica) for _ in range(3)]
+
+            return make
+
+        seeded = await asyncio.gather(
+            stores[0].seed_if_empty([table], rows("a")),
+            stores[1].seed_if_empty([table], rows("b")),
+        )
+    finally:
+        for store in stores:
+            await store.close()
+    stored = await cluster.query("SELECT seeded_by FROM replica_seed_probe")
+    assert sorted(seeded) == [False, True]
+    assert len(stored) == 3 and len({r["seeded_by"] for r in stored}) == 1
 
 
 async def test_a_confirmation_asked_on_one_replica_is_answered_on_the_other_and_runs_once(
