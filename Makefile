@@ -42,8 +42,11 @@ NODE_CLIENT_STAMP := $(NODE_CLIENT)/.installed-$(shell echo '$(NODE_CLIENT_PACKA
 # OPENBAO_PORT (8200, and + 1), ISSUER_PORT (8900), DEV_STATE_DIR (.dev), as environment or
 # make variables: `make dev PORT=9000 OPENBAO_PORT=9200` (docs/development.md).
 DEV_ENV := --env-file config/dev/dev.env
+# `make dev REPLICAS=2`: two server processes (PORT, PORT + 1) over one PostgreSQL, one PDP and
+# one OpenBao, each with its own Vault login (docs/replicas.md); more than one needs PostgreSQL.
+REPLICAS ?= 1
 # `STORE=postgres make dev`: a throwaway PostgreSQL from the pinned wheel, one login per capability.
-STORE ?= sqlite
+STORE ?= $(if $(filter 1,$(REPLICAS)),sqlite,postgres)
 
 .PHONY: help install tools interop-tools dev stdio token identities access-report access-diff generate \
 	new-tool new-capability accept-tools test lint policy-test unit e2e audit bench compose-up \
@@ -103,8 +106,9 @@ $(NODE_CLIENT_STAMP):
 		--ignore-scripts $(NODE_CLIENT_PACKAGES)
 	@touch $@
 
-dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all; data kept in .dev/)
-	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) --store $(STORE)
+dev: install tools ## Run PDP + OpenBao + dev token issuer + MCP server on http://127.0.0.1:$PORT/mcp (Ctrl-C stops all; data kept in .dev/; REPLICAS=2 for two servers)
+	$(BIN)/python -m ops $(DEV_ENV) dev --cerbos $(CERBOS) --bao $(BAO) --store $(STORE) \
+		--replicas $(REPLICAS)
 
 # No prerequisites and nothing echoed: a desktop client runs `make -s -C <checkout> stdio
 # user=<name>` and reads MCP from stdout, so only the server may write there.
@@ -166,12 +170,8 @@ bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table
 
 COMPOSE := docker compose -f compose/docker-compose.yaml
 
-compose-up: ## The whole stack with Docker (PDP, OpenBao, PostgreSQL, collector, trace UI, server)
-	@mkdir -p compose/.secrets
-	@test -s compose/.secrets/bao-root-token || (umask 077 && $(PYTHON) -c \
-		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/bao-root-token)
-	@test -s compose/.secrets/pg-owner-password || (umask 077 && $(PYTHON) -c \
-		"import secrets; print(secrets.token_urlsafe(32))" > compose/.secrets/pg-owner-password)
+compose-up: install ## The whole stack with Docker in production shape (docs/compose.md)
+	@$(BIN)/python -m ops compose-secrets
 	$(COMPOSE) up --build
 
 compose-token: ## Token from the compose stack's dev issuer: make compose-token user=alice

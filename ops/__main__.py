@@ -1,7 +1,8 @@
 """Development and operator commands: ``python -m ops <command>`` (the Makefile wraps them).
 
-dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve;
-                 Ctrl-C stops all; busy ports are refused before anything starts  [development]
+dev              start the Cerbos PDP, OpenBao and the dev issuer, bootstrap Vault, then serve
+                 (--replicas N: N server processes over one PostgreSQL); Ctrl-C stops all;
+                 busy ports are refused before anything starts                    [development]
 stdio NAME       serve MCP on stdio as a demo principal, next to a running `dev`   [development]
 clean            delete the development state (refused while `dev` runs)           [development]
 dev-issuer       run the local token issuer (JWKS + discovery) at MCP_AUTH_ISSUER  [development]
@@ -10,6 +11,10 @@ vault-bootstrap  set up Vault (policies, token roles, AppRole, secrets, transit 
                  PostgreSQL store also the tables and one database role per capability) and
                  deliver the server's credential files; idempotent; admin token read from a file
 identities       print each Vault identity, its policies and what it can reach, read from Vault
+compose-secrets  the compose stack's local secrets in compose/.secrets/, made once
+tls-init         a private CA and OpenBao's TLS certificate (compose); idempotent
+openbao-init     initialise a fresh, auto-unsealed OpenBao once over TLS; root token and recovery
+                 keys to files (compose); idempotent
 accept-tools     record the server's tools as reviewed (tests/snapshots/tools.json)
 audit            pip-audit of the installed, pinned dependencies; fails when it cannot check
 generate         write every generated file (policy fixtures, Vault policies, README access
@@ -66,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sqlite (one file, one identity) or postgres (a throwaway server from the pinned "
         "wheel, one database login per capability)",
     )
+    dev.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="server processes on PORT, PORT+1, ... sharing one PostgreSQL (needs --store "
+        "postgres), one PDP and one OpenBao; each logs in to Vault with its own credential",
+    )
     stdio = commands.add_parser("stdio", help="serve MCP on stdio as a demo principal")
     stdio.add_argument("name")
     commands.add_parser("clean", help="delete the development state (DEV_STATE_DIR, .dev)")
@@ -106,6 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--bao", type=Path, help="review a throw-away OpenBao dev server bootstrapped from tools/"
     )
+    commands.add_parser("compose-secrets", help="the compose stack's local secrets, made once")
+    tls = commands.add_parser("tls-init", help="a private CA and OpenBao's TLS certificate")
+    tls.add_argument("--out-dir", type=Path, required=True, help="OpenBao's certificate and key")
+    tls.add_argument("--ca-dir", type=Path, required=True, help="the CA certificate (ca.crt)")
+    tls.add_argument(
+        "--host", action="append", required=True, help="a name OpenBao is reached by (repeat)"
+    )
+    tls.add_argument("--owner", help="UID[:GID] that owns the key (the user OpenBao runs as)")
+    init = commands.add_parser("openbao-init", help="initialise a fresh OpenBao once, over TLS")
+    init.add_argument("--address", required=True, help="e.g. https://openbao:8200")
+    init.add_argument("--ca-file", type=Path, help="CA certificate that signed OpenBao's")
+    init.add_argument("--out-dir", type=Path, required=True, help="for root-token, recovery keys")
+    init.add_argument("--recovery-shares", type=int, default=1)
+    init.add_argument("--recovery-threshold", type=int, default=1)
+    init.add_argument("--timeout", type=float, default=120, help="seconds to wait for OpenBao")
     generate = commands.add_parser("generate", help="write every generated file")
     generate.add_argument("--check", action="store_true", help="only report stale files")
     new_tool = commands.add_parser("new-tool", help="scaffold a tool (admins only until released)")
@@ -145,6 +172,32 @@ def main(argv: list[str] | None = None) -> int:
         return _scaffold(args)
     if args.command == "clean":
         return _clean()
+    if args.command == "compose-secrets":
+        from ops.compose_secrets import DIRECTORY, compose_secrets
+
+        made = compose_secrets()
+        print(f"compose-secrets: {', '.join(made) or 'all present'} in {DIRECTORY}")
+        return 0
+    if args.command == "tls-init":
+        from ops.tls_init import Owner, tls_init
+
+        owner = Owner.parse(args.owner) if args.owner else None
+        wrote = tls_init(args.out_dir, args.ca_dir, args.host, owner)
+        print("tls-init: " + ("new CA and certificate written" if wrote else "kept (current)"))
+        return 0
+    if args.command == "openbao-init":
+        from ops.openbao_init import openbao_init
+
+        now = openbao_init(
+            args.address,
+            args.out_dir,
+            ca_file=args.ca_file,
+            recovery_shares=args.recovery_shares,
+            recovery_threshold=args.recovery_threshold,
+            timeout=args.timeout,
+        )
+        print("openbao-init: " + ("initialised" if now else "already initialised"))
+        return 0
     if args.command == "audit":
         from ops.audit import main as audit_main
 
@@ -168,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         from ops.ports import pdp_http_port_from_environment
 
         pdp_http_port = args.pdp_http_port or pdp_http_port_from_environment()
-        return run_dev(settings, args.cerbos, args.bao, pdp_http_port, args.store)
+        return run_dev(
+            settings,
+            args.cerbos,
+            args.bao,
+            pdp_http_port,
+            args.store,
+            replicas=args.replicas,
+            env_file=args.env_file,
+        )
     if args.command == "stdio":
         from ops.stdio import run_stdio
 

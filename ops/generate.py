@@ -197,6 +197,7 @@ SECTIONS: Final = (
     ("Rate limits", ("rate_limit_", "preauth_rate_limit_", "trusted_proxies")),
     ("Cerbos PDP", ("pdp_",)),
     ("Capabilities and store", ("capabilities", "database_", "seed_")),
+    ("Multi-round requests", ("request_state_",)),
     ("Vault (or OpenBao)", ("vault_",)),
     ("Telemetry", ("otel_", "service_version")),
     ("Development", ("dev_",)),

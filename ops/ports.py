@@ -6,7 +6,7 @@ Every port comes from a variable (``config/dev/dev.env`` turns them into the set
 ============== ======= ===============================================
 variable       default service
 ============== ======= ===============================================
-PORT           8000    the MCP server (HTTP)
+PORT           8000    the MCP server (HTTP); with REPLICAS=N also PORT+1 .. PORT+N-1
 PDP_GRPC_PORT  3593    the Cerbos PDP, gRPC (the server's PDP client)
 PDP_HTTP_PORT  3592    the Cerbos PDP, HTTP (health, access reports)
 OPENBAO_PORT   8200    OpenBao's API; OpenBao also binds this port + 1 (cluster)
@@ -74,11 +74,17 @@ def _address_port(address: str, what: str) -> int:
     return int(port)
 
 
-def dev_ports(settings: Settings, pdp_http_port: int) -> list[DevPort]:
-    """Every port the development stack binds, with the variable that moves it."""
+def dev_ports(settings: Settings, pdp_http_port: int, replicas: int = 1) -> list[DevPort]:
+    """Every port the development stack binds, with the variable that moves it; with
+    ``replicas`` > 1 the further server processes on the ports after the server's."""
     vault = _url_port(settings.vault_address, "MCP_VAULT_ADDRESS")
+    server = _moved_by("PORT", "MCP_PORT")
     return [
-        DevPort("MCP server", settings.port, _moved_by("PORT", "MCP_PORT")),
+        DevPort("MCP server", settings.port, server),
+        *(
+            DevPort(f"MCP server replica {n}, PORT + {n - 1}", settings.port + n - 1, server)
+            for n in range(2, replicas + 1)
+        ),
         DevPort(
             "Cerbos PDP gRPC",
             _address_port(settings.pdp_address, "MCP_PDP_ADDRESS"),

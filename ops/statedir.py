@@ -11,6 +11,7 @@ like every path in ``config/dev/dev.env``)::
     cerbos/         the PDP's log and decision log
     issuer/         the dev token issuer's signing key
     issuer.log
+    replicas/       with REPLICAS=N: the log of each further server process
     access/         `make access-report`'s output (in .dev/ whatever DEV_STATE_DIR says)
 
 Nothing in it is ever deleted by ``make dev``. ``make clean`` deletes exactly these entries, and
@@ -27,7 +28,16 @@ from pathlib import Path
 from typing import Final
 
 LOCK_FILE: Final = "dev.lock"
-ENTRIES: Final = ("data", "vault", "cerbos", "issuer", "issuer.log", "access", LOCK_FILE)
+ENTRIES: Final = (
+    "data",
+    "vault",
+    "cerbos",
+    "issuer",
+    "issuer.log",
+    "replicas",
+    "access",
+    LOCK_FILE,
+)
 
 
 def state_dir() -> Path:

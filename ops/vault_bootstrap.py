@@ -166,14 +166,19 @@ def bootstrap(
         result.note(f"kv mount {config.kv_mount}", created=True)
         _wait_for_kv_v2(admin, config.kv_mount)
     for path, keys in wanted.secrets.items():
-        exists = _read(admin, f"{config.kv_mount}/data/{path}") is not None
-        if not exists:
-            value = {key: generate() for key, generate in keys.items()}
-            # cas=0: create only; never overwrite a secret someone else wrote in the meantime.
+        current = _read(admin, f"{config.kv_mount}/data/{path}")
+        held = (current or {}).get("data") or {}
+        missing = {key: generate for key, generate in keys.items() if key not in held}
+        if missing:
+            value = {**held, **{key: generate() for key, generate in missing.items()}}
+            # cas: create only (0), or add the missing keys to exactly the version read (a
+            # secret that gained a key in a later release); never overwrite a value someone
+            # else wrote in the meantime, never change a key that is there.
+            version = 0 if current is None else int(current["metadata"]["version"])
             admin.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=value, cas=0, mount_point=config.kv_mount
+                path=path, secret=value, cas=version, mount_point=config.kv_mount
             )
-        result.note(f"secret {config.kv_mount}/{path}", created=not exists)
+        result.note(f"secret {config.kv_mount}/{path}", created=bool(missing))
 
     if f"{config.transit_mount}/" not in mounts:
         admin.sys.enable_secrets_engine("transit", path=config.transit_mount)

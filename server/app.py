@@ -22,6 +22,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from server.authz import components
 from server.authz.errors import quiet_expected_outcomes
 from server.authz.middleware import SERVED_METHODS, AuthorizationMiddleware
+from server.authz.request_state import request_state_security
 from server.capability import registry
 from server.capability.declaration import Capability
 from server.capability.scope import CapabilityScope
@@ -80,6 +81,11 @@ def create_server(
         # "5" is not an integer: wrong types are schema errors, not guesses.
         strict_input_validation=True,
         on_duplicate="error",
+        # Sealed with the key every replica reads from Vault, not a key of this process: a
+        # question asked by one replica is answered on another (server/authz/request_state.py).
+        request_state_security=request_state_security(
+            runtime.request_state, audience=settings.server_name
+        ),
     )
     owners = registry.register(mcp, capabilities)
     # Inside authorization (added after it): binds the running component's capability, so that

@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from pydantic import SecretStr
 from sqlalchemy import Table
 
 from server.authz.pdp import PolicyDecisionPoint
+from server.authz.request_state import SharedKeyCodec
 from server.capability import registry
 from server.capability.declaration import Capability, InvalidDeclaration, SeedContext
 from server.settings import Settings
@@ -47,6 +49,8 @@ class Runtime:
     pdp: PolicyDecisionPoint
     identities: Identities
     telemetry: Telemetry
+    # Seals the requestState of multi-round calls; its key is read from Vault at startup.
+    request_state: SharedKeyCodec
 
     async def start(self) -> None:
         self.telemetry.start()
@@ -57,6 +61,7 @@ class Runtime:
             # The settings source is synchronous (pydantic-settings) and does HTTP: off the loop.
             self.settings = await asyncio.to_thread(with_vault_secrets, self.settings, reader)
             production_guard.enforce(self.settings, facts)
+            self.request_state.install([request_state_key(self.settings)])
             await self.stores.start(
                 {c.name: registry.capability_tables(c) for c in self.capabilities},
                 registry.shared_tables(),
@@ -102,6 +107,24 @@ class Runtime:
         await self.identities.close()
         await self.pdp.close()
         await self.telemetry.close()
+        self.request_state.clear()
+
+
+def request_state_key(settings: Settings) -> SecretStr:
+    """The key every replica seals ``requestState`` with (``server.authz.request_state``).
+
+    Without it a round started on one replica could not be finished on another: startup stops,
+    as for any missing secret.
+    """
+    key = settings.request_state_key
+    if key is None:
+        raise VaultStartupError(
+            "the request-state key is missing from Vault (settings secret request_state_key): "
+            "run the bootstrap (python -m ops vault-bootstrap), which creates it"
+        )
+    if len(key.get_secret_value().encode()) < 32:
+        raise VaultStartupError("the request-state key from Vault is shorter than 32 bytes")
+    return key
 
 
 def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None = None) -> Runtime:
@@ -122,6 +145,7 @@ def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None 
         pdp=pdp,
         identities=identities,
         telemetry=Telemetry(settings),
+        request_state=SharedKeyCodec(),
     )
 
 

@@ -242,6 +242,17 @@ class Settings(BaseSettings):
         )
     )
 
+    request_state_key: Annotated[SecretStr | None, FromVault("mcp/server", "request_state_key")] = (
+        Field(
+            default=None,
+            description="A settings-level secret read from Vault only: the key that seals the "
+            "`requestState` a tool hands the client between rounds of one call (e.g. a human "
+            "confirmation), AES-256-GCM. Every replica reads the same one, so a round started "
+            "on one replica is finished on another; the bootstrap creates it, and the server "
+            "refuses to start without it.",
+        )
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

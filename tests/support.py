@@ -64,7 +64,10 @@ def seed_canaries(admin: hvac.Client) -> None:
     )
     admin.secrets.kv.v2.create_or_update_secret(
         path="mcp/server",
-        secret={"database_password": new_canary("database-password")},
+        secret={
+            "database_password": new_canary("database-password"),
+            "request_state_key": new_canary("request-state-key"),
+        },
         mount_point="secret",
     )
 

@@ -1,11 +1,14 @@
 """Asking the human before an action the policy marked ``requires_confirmation``.
 
 On 2026-07-28 connections the tool returns an ``InputRequiredResult`` (an elicitation form), and
-the client retries the same call with the answer. Each retry re-runs the whole authorization, so
-the decision is fresh. The question is bound to exactly one action (``subject``) and one
-principal through the sealed ``request_state``, expires, and carries a nonce that the tool stores
-in the same transaction as the action: an accepted answer runs the action once, and cannot be
-replayed or reused for another amount. On older connections the server elicits in-line.
+the client retries the same call with the answer, to this replica or another. Each retry re-runs
+the whole authorization, so the decision is fresh. The question is bound to exactly one action
+(``subject``) and one principal through the sealed ``request_state`` (sealed by the MCP SDK
+under the key every replica shares, ``server.authz.request_state``), expires, and carries a
+nonce that the tool stores in the same transaction as the action, in the shared database: an
+accepted answer runs the action once, on whichever replica, and cannot be replayed or reused for
+another amount. On older connections the server elicits in-line (within one connection, so
+within one replica).
 
 Decline, cancel, a wrong or stale answer, or a client that cannot ask: the action does not run.
 """
@@ -24,6 +27,7 @@ from fastmcp.exceptions import ToolError
 from mcp.types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from pydantic import BaseModel, Field
 from sqlalchemy import String
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +36,7 @@ from server.store.core import Base, utcnow
 
 INPUT_KEY: Final = "confirm"
 MAX_AGE_SECONDS: Final = 300
+ALREADY_USED: Final = "This confirmation was already used. Nothing was changed."
 FORM_SCHEMA: Final = {
     "type": "object",
     "properties": {
@@ -68,12 +73,17 @@ async def spend_confirmation(
 ) -> None:
     """Mark the confirmation used, in the transaction of the action it allows.
 
-    A second use is refused here; two concurrent uses collide on the primary key and one
-    transaction rolls back.
+    A second use is refused here. Two concurrent uses (the same answer sent to two replicas at
+    once) collide on the primary key: the nonce is written first, so the second transaction
+    waits for the first and, once it committed, is refused the same way and rolls back.
     """
     if await session.get(ConfirmationUse, confirmed.nonce) is not None:
-        raise ToolError("This confirmation was already used. Nothing was changed.")
+        raise ToolError(ALREADY_USED)
     session.add(ConfirmationUse(nonce=confirmed.nonce, subject=subject, principal=principal.id))
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ToolError(ALREADY_USED) from None
 
 
 def not_confirmed(what: str) -> ToolError:

@@ -12,6 +12,7 @@ from a policy must select exactly the rows a per-row decision would allow.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from fastmcp.exceptions import ToolError
-from sqlalchemy import Table, event, func, literal, select
+from sqlalchemy import Table, event, func, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -206,8 +207,17 @@ class Store:
 
         ``rows`` is only called then: demo data that needs Vault (encrypted columns) costs nothing
         on a store that already has data.
+
+        Replicas starting together on one PostgreSQL database would each find the tables empty
+        and each add the rows: the check and the insert run under a transaction-level advisory
+        lock named after the tables, so the second replica waits and then finds them filled.
+        (SQLite has one writer and one server process.)
         """
         async with self.transaction() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                await session.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(tables)}
+                )
             for table in tables:
                 if await session.scalar(select(func.count()).select_from(table)):
                     return False
@@ -251,6 +261,13 @@ class Store:
             current.in_use -= 1
             if current is not self._current and current.in_use == 0:
                 await self._dispose_idle()
+
+
+def _lock_key(tables: Sequence[Table]) -> int:
+    """A signed 64-bit advisory-lock key for a set of tables (the same on every replica)."""
+    names = ",".join(sorted(t.name for t in tables))
+    digest = hashlib.sha256(f"seed:{names}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class StoreNotPrepared(RuntimeError):

@@ -129,6 +129,9 @@ def make_client(
     session = requests.Session()
     # Never read proxies, netrc credentials or CA bundles from the environment implicitly.
     session.trust_env = False
+    # On the session itself: given a session, hvac takes its ``verify`` (True, the system CAs,
+    # unless set here) over the ``verify`` argument, and MCP_VAULT_CA_FILE would be ignored.
+    session.verify = endpoint.verify
 
     def count(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
         request = response.request

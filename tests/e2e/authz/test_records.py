@@ -6,6 +6,9 @@ computed from the PDP itself, one decision per row, never hard-coded.
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -425,3 +428,52 @@ async def test_an_accepted_confirmation_cannot_be_replayed(server: RunningServer
         replay = await raw.post(server.url, content=body, headers=headers)
     assert "already used" in replay.text
     assert len(refunds_of(server, account)) == 1
+
+
+async def test_a_request_state_the_server_did_not_seal_is_refused(server: RunningServer) -> None:
+    """The request_state comes back through the client. One the client wrote itself (the
+    question's fields with a nonce of its choosing, as plain JSON), one changed on the way, or
+    none at all is refused and nothing runs; the sealed state, unchanged, is accepted (once)."""
+    account = insert_account(server.db_path)
+    declined: list[tuple[dict[str, str], dict[str, Any]]] = []
+
+    def capturing_client(**options: Any) -> httpx2.AsyncClient:
+        async def keep_answer(request: httpx2.Request) -> None:
+            body = json.loads(request.content or b"{}")
+            if body.get("params", {}).get("inputResponses"):
+                declined.append((dict(request.headers), body))
+
+        return httpx2.AsyncClient(**options, event_hooks={"request": [keep_answer]})
+
+    transport = StreamableHttpTransport(
+        server.url, auth=server.token("carol"), httpx_client_factory=capturing_client
+    )
+    async with Client(transport, elicitation_handler=answering({"confirm": False}, [])) as client:
+        result = await client.call_tool(
+            "issue_refund",
+            {"account_id": account, "amount": "950.00", "reason": "Forge me"},
+            raise_on_error=False,
+        )
+    assert result.is_error and len(declined) == 1
+    headers, body = declined[0]
+    headers.pop("content-length", None)
+    params = body["params"]
+    params["inputResponses"]["confirm"] = {"action": "accept", "content": {"confirm": True}}
+    sealed: str = params["requestState"]
+    subject = f"refund:{account}:950.00:"
+    own = {"subject": subject, "principal": "carol", "nonce": secrets.token_hex(16), "issued": 0}
+    flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    forgeries = [json.dumps(own), base64.b64encode(json.dumps(own).encode()).decode(), flipped]
+
+    async def send(request_state: str | None) -> str:
+        sent = {**body, "params": {**params, "requestState": request_state}}
+        async with httpx2.AsyncClient() as raw:
+            return (await raw.post(server.url, json=sent, headers=headers)).text
+
+    before = db_snapshot(server.db_path)
+    for forged in forgeries:
+        assert "Invalid or expired requestState" in await send(forged), forged
+    assert "does not match the request or has expired" in await send(None)
+    assert db_snapshot(server.db_path) == before
+    assert '"confirmed_by_human":true' in (await send(sealed)).replace(" ", "")
+    assert [r["amount_cents"] for r in refunds_of(server, account)] == [95_000]

@@ -45,6 +45,29 @@ def test_running_the_bootstrap_again_changes_nothing_and_delivers_a_new_credenti
         assert stat.S_IMODE(delivered.stat().st_mode) == 0o600
 
 
+def test_a_secret_missing_a_key_of_this_release_gets_it_and_keeps_every_value_it_has(
+    fresh_openbao: Callable[..., OpenBao], tmp_path: Path
+) -> None:
+    """A Vault bootstrapped by an earlier release (or edited by hand) lacks a key the settings
+    now declare: the bootstrap adds exactly that key, and changes no value that is there."""
+    vault = fresh_openbao()
+    kv = admin(vault).secrets.kv.v2
+    kept = {"database_password": "kept-as-it-is-0123456789abcdef", "operator_note": "mine"}
+    kv.create_or_update_secret(path="mcp/server", secret=kept, mount_point="secret")
+
+    again = bootstrap(admin(vault), out_dir=tmp_path / "again", capabilities=CAPABILITIES)
+
+    after = kv.read_secret_version(
+        path="mcp/server", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+    assert {k: after[k] for k in kept} == kept
+    assert set(after) == {*kept, "request_state_key"} and len(after["request_state_key"]) >= 32
+    assert "secret secret/mcp/server" in again.created
+    assert (
+        bootstrap(admin(vault), out_dir=tmp_path / "third", capabilities=CAPABILITIES).created == []
+    )
+
+
 async def test_the_wrapped_secret_id_is_unwrapped_once_and_its_file_deleted(
     pdp: PDP, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:

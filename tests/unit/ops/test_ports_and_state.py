@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.dev import run_dev
 from ops.ports import PortsBusy, dev_ports, port_is_free, refuse_busy_ports
 from ops.statedir import ENTRIES, StackRunning, StateLock, clean, holder
 from server.settings import Settings
@@ -102,3 +103,46 @@ def test_clean_removes_only_what_make_dev_creates(tmp_path: Path) -> None:
     assert sorted(p.name for p in state.iterdir()) == ["mine.txt"]
     (state / "mine.txt").unlink()
     assert clean(state) == [] and not state.exists()
+
+
+def test_each_further_replica_s_port_is_checked_and_moved_with_port(
+    listening: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make dev REPLICAS=3 also binds PORT + 1 and PORT + 2: a busy one is refused in one line
+    naming it, as any other port."""
+    ports = dev_ports(settings_on(listening - 2, monkeypatch), pdp_http_port=2, replicas=3)
+    servers = [p for p in ports if p.service.startswith("MCP server")]
+    assert [p.port for p in servers] == [listening - 2, listening - 1, listening]
+    assert {p.variable for p in servers} == {"PORT"}
+    with pytest.raises(PortsBusy) as refused:
+        refuse_busy_ports([p for p in ports if p.port == listening])
+    assert "\n" not in str(refused.value)
+    assert f"{listening} (MCP server replica 3, PORT + 2; move it with PORT=<port>)" in str(
+        refused.value
+    )
+
+
+def test_a_replica_s_port_on_another_service_s_port_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ports = dev_ports(settings_on(6, monkeypatch), pdp_http_port=7, replicas=2)
+    with pytest.raises(PortsBusy, match=r"share a port \(7: MCP server replica 2, PORT \+ 1"):
+        refuse_busy_ports(ports)
+
+
+@pytest.mark.parametrize(("replicas", "store"), [(2, "sqlite"), (0, "postgres"), (9, "postgres")])
+def test_replicas_need_the_shared_store_and_a_sane_count_before_anything_starts(
+    replicas: int, store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DEV_STATE_DIR", str(tmp_path / "state"))
+    settings = settings_on(4, monkeypatch).model_copy(
+        update={"auth_jwks_url": "http://127.0.0.1:5/jwks"}
+    )
+    missing = tmp_path / "not-started"
+    with pytest.raises(SystemExit) as refused:
+        run_dev(settings, missing, missing, 2, store, replicas=replicas)
+    message = str(refused.value)
+    assert "\n" not in message and f"REPLICAS={replicas}" in message
+    if store == "sqlite":
+        assert "needs STORE=postgres: SQLite is one file with one writer" in message
+    assert not (tmp_path / "state").exists()  # nothing was touched
