@@ -54,7 +54,7 @@ class InvalidClaims(ValueError):
 
 
 # Token claim name -> principal field. Standard `sub` is the id; the rest are custom claims
-# your identity provider must emit (see README, "Bring your own identity provider").
+# your identity provider must emit (see docs/security-edge.md, "Your identity provider").
 CLAIM_TO_FIELD = {
     "sub": "id",
     "roles": "roles",
