@@ -584,3 +584,40 @@ def server_logs() -> Iterator[list[logging.LogRecord]]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+# --- PostgreSQL, as its owner ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def as_owner(database: Any) -> AsyncIterator[Any]:
+    """A connection to a throwaway PostgreSQL (ops.postgres_server.PostgresServer) as the
+    database's owner, not as any capability: to see what is really stored."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=database.port,
+        user=database.owner,
+        password=database.owner_password,
+        database=database.database,
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+# --- raw MCP requests -----------------------------------------------------------------------------
+
+# The handshake-era (2025-11-25) initialize request, as raw JSON-RPC.
+LEGACY_INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}

@@ -26,18 +26,9 @@ from ops.dev_issuer import DevIssuer, demo_principals
 from ops.devstack import PDP
 from server.edge.authn import StrictJWTVerifier
 from tests.conftest import AUDIENCE
-from tests.support import RunningServer, audit_entries, decisions_since
+from tests.support import LEGACY_INITIALIZE, RunningServer, audit_entries, decisions_since
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
+INITIALIZE = LEGACY_INITIALIZE
 LIST_TOOLS = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 

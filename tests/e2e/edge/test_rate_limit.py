@@ -27,19 +27,16 @@ from server.edge import limits
 from server.edge.authn import StrictJWTVerifier
 from server.edge.ratelimit import RATE_LIMITED
 from server.settings import Settings
-from tests.support import RunningServer, entry_principals, pdp_decisions, start_server
+from tests.support import (
+    LEGACY_INITIALIZE,
+    RunningServer,
+    entry_principals,
+    pdp_decisions,
+    start_server,
+)
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
+INITIALIZE = LEGACY_INITIALIZE
 
 
 class Counters:

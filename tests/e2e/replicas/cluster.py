@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx2
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
@@ -23,7 +22,7 @@ from ops.dev_issuer import DevIssuer
 from ops.devstack import PDP, ManagedProcess, free_port, spawn, wait_until
 from ops.vault_bootstrap import deliver_server_credential
 from tests.conftest import AUDIENCE, PostgresStack, admin_client
-from tests.support import ROOT
+from tests.support import ROOT, as_owner
 
 OWN_VARIABLES = ("MCP_", "VAULT_", "BAO_")
 
@@ -127,18 +126,8 @@ class Cluster:
 
     async def query(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         """As the database's owner (not as any capability): what is really stored."""
-        database = self.stack.postgres
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=database.port,
-            user=database.owner,
-            password=database.owner_password,
-            database=database.database,
-        )
-        try:
+        async with as_owner(self.stack.postgres) as conn:
             return [dict(row) for row in await conn.fetch(statement, *args)]
-        finally:
-            await conn.close()
 
 
 def rpc_method(request: httpx2.Request) -> str:

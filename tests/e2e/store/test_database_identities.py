@@ -22,7 +22,7 @@ from server.settings import Settings
 from server.store.core import Store, StoreNotPrepared
 from server.store.credentials import DatabaseCredentials, DatabaseLogin
 from tests.conftest import PostgresStack
-from tests.support import CANARIES, RunningServer, open_identities, start_server
+from tests.support import CANARIES, RunningServer, as_owner, open_identities, start_server
 
 PROBES = "tests.e2e.store.probe_capabilities"
 DENIED = "42501"  # insufficient_privilege: "permission denied ..." / "must be owner of ..."
@@ -103,19 +103,9 @@ async def connect(stack: PostgresStack, login: DatabaseLogin) -> asyncpg.Connect
     )
 
 
-async def as_owner(stack: PostgresStack, query: str, *args: Any) -> Any:
-    database = stack.postgres
-    conn = await asyncpg.connect(
-        host="127.0.0.1",
-        port=database.port,
-        user=database.owner,
-        password=database.owner_password,
-        database=database.database,
-    )
-    try:
+async def owner_value(stack: PostgresStack, query: str, *args: Any) -> Any:
+    async with as_owner(stack.postgres) as conn:
         return await conn.fetchval(query, *args)
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -168,14 +158,14 @@ async def test_the_logins_are_distinct_database_users_that_inherit_nothing(
     tickets, accounts = issued.by_capability["tickets"], issued.by_capability["accounts"]
     assert tickets.username != accounts.username
     for login in (tickets, accounts):
-        flags = await as_owner(
+        flags = await owner_value(
             postgres_stack,
             "SELECT (rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolvaliduntil IS NOT NULL)"
             "::text FROM pg_roles WHERE rolname = $1",
             login.username,
         )
         assert flags == "(f,f,f,f,t)"  # no superuser, no CREATEROLE/CREATEDB, NOINHERIT, expires
-        members = await as_owner(
+        members = await owner_value(
             postgres_stack,
             "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
             "WHERE r.rolname = $1",
@@ -241,7 +231,9 @@ async def test_a_tool_reads_its_own_capabilitys_tables_and_is_denied_the_others(
 
 
 async def role_exists(stack: PostgresStack, username: str) -> bool:
-    return bool(await as_owner(stack, "SELECT count(*) FROM pg_roles WHERE rolname = $1", username))
+    return bool(
+        await owner_value(stack, "SELECT count(*) FROM pg_roles WHERE rolname = $1", username)
+    )
 
 
 async def eventually(check: Callable[[], Any], *, within: float, what: str) -> None:
@@ -343,7 +335,7 @@ async def test_a_sealed_vault_fails_store_calls_closed_with_nothing_changed_then
     try:
         async with server.client("alice") as alice:
             assert (await alice.call_tool("list_tickets", {})).structured_content["count"] > 0
-        before = await as_owner(
+        before = await owner_value(
             postgres_stack,
             "SELECT (SELECT count(*) FROM ticket) || '/' || (SELECT count(*) FROM outbox)",
         )
@@ -365,7 +357,7 @@ async def test_a_sealed_vault_fails_store_calls_closed_with_nothing_changed_then
             "The data store is unavailable: nothing was changed; try again shortly."
         )
         assert created.is_error
-        after = await as_owner(
+        after = await owner_value(
             postgres_stack,
             "SELECT (SELECT count(*) FROM ticket) || '/' || (SELECT count(*) FROM outbox)",
         )

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from ops.dev_issuer import demo_principals
@@ -18,7 +17,7 @@ from server.authz.pdp import PolicyDecisionPoint
 from server.edge.principal import principal_from_claims
 from server.settings import Settings
 from tests.conftest import PostgresStack
-from tests.support import GrpcServicerThread, RunningServer, start_server
+from tests.support import GrpcServicerThread, RunningServer, as_owner, start_server
 from tools import CAPABILITIES
 from tools.tickets.models import TICKET
 
@@ -38,18 +37,8 @@ def pg_server(
 
 async def fetch(stack: PostgresStack, query: str) -> list[dict[str, Any]]:
     """Inspect the database as its owner (not as any capability)."""
-    database = stack.postgres
-    conn = await asyncpg.connect(
-        host="127.0.0.1",
-        port=database.port,
-        user=database.owner,
-        password=database.owner_password,
-        database=database.database,
-    )
-    try:
+    async with as_owner(stack.postgres) as conn:
         return [dict(r) for r in await conn.fetch(query)]
-    finally:
-        await conn.close()
 
 
 async def test_the_url_holds_no_login_and_each_capability_logs_in_as_its_own_user(
