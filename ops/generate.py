@@ -192,10 +192,10 @@ def readme_with_access_table(readme: str) -> str:
 
 SECTIONS: Final = (
     ("Server and HTTP edge", ("environment", "server_name", "transport", "host", "port", "path",
-                              "public_base_url", "allowed_", "max_")),
+                              "public_base_url", "allowed_", "max_", "workers")),
     ("Authentication", ("auth_", "authorization_servers", "stdio_principal")),
     ("Rate limit", ("rate_limit_",)),
-    ("Cerbos PDP", ("pdp_",)),
+    ("Cerbos PDP", ("pdp_", "authz_")),
     ("Capabilities and store", ("capabilities", "database_", "seed_")),
     ("Vault (or OpenBao)", ("vault_",)),
     ("Telemetry", ("otel_", "service_version")),

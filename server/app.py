@@ -85,12 +85,7 @@ def create_server(
     )
     registry.register(mcp, capabilities)
     _advertise_only_served_methods(mcp)
-    # On 2026-07-28 connections the MCP SDK validates `Mcp-Param-*` headers of every tools/call
-    # against the tool's schema. Without a lookup it finds the schema by running a whole
-    # tools/list for the caller: one extra batched authorization per call. Validation only
-    # concerns parameters a schema mirrors into headers (`x-mcp-header`); the lifespan refuses
-    # tools that declare any, so "no schema" validates exactly the same, without the listing.
-    mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
+    skip_listing_per_call(mcp)
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
     async def healthz(_: Request) -> Response:
@@ -98,6 +93,18 @@ def create_server(
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     return mcp
+
+
+def skip_listing_per_call(mcp: FastMCP[Any]) -> None:
+    """Give the MCP SDK the tool-schema lookup it would otherwise make with a whole listing.
+
+    On 2026-07-28 connections the SDK validates `Mcp-Param-*` headers of every tools/call
+    against the tool's schema. Without a lookup it finds the schema by running a whole
+    tools/list for the caller: one extra batched authorization per call. Validation only
+    concerns parameters a schema mirrors into headers (`x-mcp-header`); the lifespan refuses
+    tools that declare any, so "no schema" validates exactly the same, without the listing.
+    """
+    mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
 
 
 def _no_header_mirrored_parameters(_tool_name: str) -> None:

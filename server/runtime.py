@@ -22,6 +22,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from server.authz.confirmation import ConfirmationUse
+from server.authz.decision_cache import DecisionCache
 from server.authz.pdp import PolicyDecisionPoint
 from server.capability import registry
 from server.capability.declaration import Capability, SeedContext
@@ -30,7 +31,7 @@ from server.store.core import Base, Store
 from server.telemetry.setup import Telemetry
 from server.vault import production_guard
 from server.vault.client import SecretsUnavailable, VaultStartupError
-from server.vault.identities import Identities
+from server.vault.identities import Identities, ServerLogin
 from server.vault.settings_source import with_vault_secrets
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,7 @@ class Runtime:
 
     @property
     def tables(self) -> list[Table]:
-        """The runtime's own tables and every registered capability's."""
-        models: list[type[Base]] = [ConfirmationUse]
-        models += [m for c in self.capabilities for m in c.models]
-        return [cast(Table, model.__table__) for model in models]
+        return runtime_tables(self.capabilities)
 
     async def _seed(self) -> None:
         """Each capability's demo rows, where all of its tables are still empty."""
@@ -97,8 +95,21 @@ class Runtime:
         await self.telemetry.close()
 
 
-def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None = None) -> Runtime:
-    """The runtime for ``capabilities`` (default: those ``settings.capabilities`` names)."""
+def runtime_tables(capabilities: Sequence[Capability]) -> list[Table]:
+    """The runtime's own tables and every registered capability's."""
+    models: list[type[Base]] = [ConfirmationUse]
+    models += [m for c in capabilities for m in c.models]
+    return [cast(Table, model.__table__) for model in models]
+
+
+def build_runtime(
+    settings: Settings,
+    capabilities: Sequence[Capability] | None = None,
+    *,
+    login: ServerLogin | None = None,
+) -> Runtime:
+    """The runtime for ``capabilities`` (default: those ``settings.capabilities`` names);
+    ``login``: the server's Vault login (default: from the settings)."""
     if capabilities is None:
         capabilities = registry.load(settings.capabilities)
     pdp = PolicyDecisionPoint(
@@ -106,12 +117,14 @@ def build_runtime(settings: Settings, capabilities: Sequence[Capability] | None 
         timeout_seconds=settings.pdp_timeout_seconds,
         max_resources_per_request=settings.pdp_max_resources_per_request,
         tls_ca=settings.pdp_tls_ca_file.read_bytes() if settings.pdp_tls_ca_file else None,
+        cache=DecisionCache(settings.authz_cache_seconds),
+        decision_spans=settings.otel_decision_spans,
     )
     return Runtime(
         settings=settings,
         capabilities=tuple(capabilities),
-        store=Store(settings.database_url),
+        store=Store(settings.database_url, statement_spans=settings.otel_statement_spans),
         pdp=pdp,
-        identities=Identities(settings, registry.identities(capabilities)),
+        identities=Identities(settings, registry.identities(capabilities), login=login),
         telemetry=Telemetry(settings),
     )

@@ -17,6 +17,9 @@ from server.edge.principal import Principal
 class RequestInfo:
     request_id: str
     principal: Principal | None
+    # Epoch seconds after which the caller's credential (its token's `exp`) is no longer valid;
+    # None where there is no token (stdio). Nothing derived from it may be kept longer.
+    valid_until: float | None = None
 
 
 _current: ContextVar[RequestInfo | None] = ContextVar("mcp_request", default=None)

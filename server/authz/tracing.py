@@ -1,11 +1,19 @@
-"""Spans for authorization decisions: one per PDP request, every decision in it findable.
+"""Tracing of authorization decisions: every decision findable, at the least cost per call.
 
-``decision_span`` wraps each CheckResources and PlanResources RPC of the PDP client, so the
-middleware's component checks and the tools' record checks are traced by the same code. A span
-carries who asked (principal id and roles), the request id the PDP's decision log also records,
-the PDP's call id, the latency, and for each (resource, action) an ``authz.decision`` event with
-kind, id, action, effect, matched policy and, for a DENY, the reason. A single decision is also
-on the span's own attributes, so the common case needs no event search.
+Every PDP request (CheckResources, PlanResources) of the PDP client is recorded by the same
+code, so the middleware's component checks and the tools' record checks are traced alike. Each
+(resource, action) decided becomes an ``authz.decision`` event with kind, id, action, effect,
+matched policy, the PDP's call id and latency and, for a DENY, the reason. Where the events go:
+
+- by default on the request's own span (FastMCP's server span), which already carries who asked
+  (principal id and roles) and the request id the PDP's decision log also records. The PDP's
+  spans continue the trace under that span.
+- with ``MCP_OTEL_DECISION_SPANS=true``, on one ``authz.check`` / ``authz.plan`` span per PDP
+  request, carrying principal, request id, call id and latency itself (a single decision also
+  on the span's own attributes), the PDP's spans under it.
+
+A component decision served from the decision cache is an ``authz.decision`` event too, marked
+``authz.cached`` and naming the PDP call (``cerbos.call_id``) and request it came from.
 
 ``mark_request`` and ``refuse_request`` put what only the middleware knows on FastMCP's server
 span: the component named in the request, and the reason it was refused (FastMCP leaves a
@@ -31,7 +39,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from server.authz.errors import AuthorizationUnavailable
 
 if TYPE_CHECKING:
-    from server.authz.decisions import ActionDecision, ResourceDecision
+    from server.authz.decision_cache import CachedDecision
+    from server.authz.decisions import ActionDecision, ResourceDecision, ResourceRef
     from server.edge.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ _tracer = trace.get_tracer("server.authz")
 CHECK_SPAN: Final = "authz.check"
 PLAN_SPAN: Final = "authz.plan"
 DECISION_EVENT: Final = "authz.decision"
+PLAN_EVENT: Final = "authz.plan"
 
 # Attribute names, on decision spans, their events and (some) on FastMCP's server span.
 PRINCIPAL_ID: Final = "authz.principal.id"
@@ -60,6 +70,9 @@ ALLOWED_COUNT: Final = "authz.allowed_count"
 DENIED_COUNT: Final = "authz.denied_count"
 PLAN_FILTER: Final = "authz.plan.filter"
 LATENCY_MS: Final = "authz.pdp.latency_ms"
+CACHED: Final = "authz.cached"  # the decision came from the decision cache
+CACHE_AGE_MS: Final = "authz.cache.age_ms"  # since the PDP made it
+ORIGIN_REQUEST_ID: Final = "authz.cache.request_id"  # the request whose PDP call made it
 
 ALLOW: Final = "ALLOW"
 DENY: Final = "DENY"
@@ -82,8 +95,24 @@ DenialReason = Literal[
 _POLICY_REASON_SHAPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-class DecisionSpan:
-    """Records the outcome of one PDP request on its span."""
+class DecisionRecorder:
+    """Records the outcome of one PDP request. This base records nothing (no SDK)."""
+
+    def call_id(self, call_id: str) -> None:
+        pass
+
+    def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
+        pass
+
+    def planned(self, filter_kind: str) -> None:
+        pass
+
+    def failed(self, reason: DenialReason, detail: str) -> None:
+        pass
+
+
+class DecisionSpan(DecisionRecorder):
+    """One span per PDP request (``MCP_OTEL_DECISION_SPANS=true``)."""
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
@@ -129,7 +158,7 @@ class DecisionSpan:
     def planned(self, filter_kind: str) -> None:
         """A PlanResources answer: ALWAYS_ALLOWED, ALWAYS_DENIED or CONDITIONAL."""
         self.span.set_attribute(PLAN_FILTER, filter_kind)
-        effect = {"ALWAYS_ALLOWED": ALLOW, "ALWAYS_DENIED": DENY}.get(filter_kind, "CONDITIONAL")
+        effect = _plan_effect(filter_kind)
         self.span.set_attribute(EFFECT, effect)
         if effect == DENY:
             self.span.set_attribute(DENIAL_REASON, "policy_denied")
@@ -141,34 +170,108 @@ class DecisionSpan:
         self.span.set_status(Status(StatusCode.ERROR, f"{reason}: {detail}"[:200]))
 
 
-class _NotRecording(DecisionSpan):
-    """Where no SDK records spans: every recording call is a no-op, so nothing is computed."""
+class DecisionEvents(DecisionRecorder):
+    """The default: each decision an event on the request's span, with the PDP call's id and
+    latency. ``subjects`` are what the request asked about, for a failure's events."""
+
+    def __init__(
+        self,
+        span: trace.Span,
+        event: str,
+        subjects: Sequence[tuple[ResourceRef, Sequence[str]]],
+        started: float,
+    ) -> None:
+        self.span = span
+        self.event = event
+        self.subjects = subjects
+        self.started = started
+        self._call_id = ""
+
+    def _pdp_attributes(self) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            LATENCY_MS: round((time.perf_counter() - self.started) * 1000, 3)
+        }
+        if self._call_id:
+            attributes[CALL_ID] = self._call_id
+        return attributes
 
     def call_id(self, call_id: str) -> None:
-        pass
+        self._call_id = call_id
 
     def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
-        pass
+        try:
+            pdp = self._pdp_attributes()
+            for decision in decisions:
+                for action in decision.actions.values():
+                    self.span.add_event(
+                        DECISION_EVENT, {**_decision_attributes(decision, action), **pdp}
+                    )
+        except Exception:
+            log.exception("could not record authorization decisions on the span")
 
     def planned(self, filter_kind: str) -> None:
-        pass
+        try:
+            (ref, actions), *_ = self.subjects
+            effect = _plan_effect(filter_kind)
+            attributes = {
+                RESOURCE_KIND: ref.kind,
+                ACTION: actions[0],
+                PLAN_FILTER: filter_kind,
+                EFFECT: effect,
+                **self._pdp_attributes(),
+            }
+            if effect == DENY:
+                attributes[DENIAL_REASON] = "policy_denied"
+            self.span.add_event(PLAN_EVENT, attributes)
+        except Exception:
+            log.exception("could not record a query plan on the span")
 
     def failed(self, reason: DenialReason, detail: str) -> None:
-        pass
+        try:
+            pdp = self._pdp_attributes()
+            for ref, actions in self.subjects:
+                for action in actions:
+                    attributes = {RESOURCE_KIND: ref.kind, ACTION: action, EFFECT: DENY}
+                    if ref.id:
+                        attributes[RESOURCE_ID] = ref.id
+                    self.span.add_event(self.event, {**attributes, DENIAL_REASON: reason, **pdp})
+        except Exception:
+            log.exception("could not record a failed authorization on the span")
 
 
 @contextmanager
-def decision_span(
+def pdp_request(
     name: str,
     principal: Principal,
     request_id: str,
+    subjects: Sequence[tuple[ResourceRef, Sequence[str]]],
     describe: Callable[[], Mapping[str, Any]],
-) -> Iterator[DecisionSpan]:
-    """The span of one PDP request; a failure inside it is recorded with its reason.
+    *,
+    as_span: bool,
+) -> Iterator[DecisionRecorder]:
+    """Record one PDP request (``name``: CHECK_SPAN or PLAN_SPAN); a failure inside it is
+    recorded with its reason.
 
-    ``describe`` gives the request's own attributes; it runs only when the span records.
+    ``subjects`` are the (resource, actions) asked about; ``describe`` gives a decision span's
+    own attributes and runs only when that span records.
     """
     started = time.perf_counter()
+    if not as_span:
+        span = trace.get_current_span()
+        if not span.is_recording():
+            yield DecisionRecorder()
+            return
+        event = DECISION_EVENT if name == CHECK_SPAN else PLAN_EVENT
+        recorder: DecisionRecorder = DecisionEvents(span, event, subjects, started)
+        try:
+            yield recorder
+        except AuthorizationUnavailable as exc:
+            recorder.failed(exc.reason, exc.detail)
+            raise
+        except Exception as exc:
+            recorder.failed("internal_error", type(exc).__name__)
+            raise
+        return
     # Exception messages can quote PDP replies; the reason says what happened.
     span = _tracer.start_span(
         name, kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
@@ -176,7 +279,7 @@ def decision_span(
     if not span.is_recording():
         # No SDK (MCP_OTEL_EXPORTER=none): skip building attributes and events entirely. The
         # current context still carries the caller's trace, which the PDP continues.
-        yield _NotRecording(span)
+        yield DecisionRecorder()
         return
     span.set_attributes(
         {
@@ -200,6 +303,39 @@ def decision_span(
             raise
         finally:
             span.set_attribute(LATENCY_MS, round((time.perf_counter() - started) * 1000, 3))
+
+
+def cached_decisions(hits: Sequence[CachedDecision], now: float) -> None:
+    """Decisions served from the cache, as events on the request's span: each names the PDP
+    call and the request it came from."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    try:
+        for hit in hits:
+            decision = hit.decision
+            origin: dict[str, Any] = {
+                CACHED: True,
+                CACHE_AGE_MS: hit.age_ms(now),
+                ORIGIN_REQUEST_ID: hit.request_id,
+            }
+            if decision.call_id:
+                origin[CALL_ID] = decision.call_id
+            for action in decision.actions.values():
+                span.add_event(DECISION_EVENT, {**_decision_attributes(decision, action), **origin})
+    except Exception:
+        log.exception("could not record cached authorization decisions on the span")
+
+
+def list_outcome(allowed: int, denied: int) -> None:
+    """How many listed components the caller may see, on the request's span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({ALLOWED_COUNT: allowed, DENIED_COUNT: denied})
+
+
+def _plan_effect(filter_kind: str) -> str:
+    return {"ALWAYS_ALLOWED": ALLOW, "ALWAYS_DENIED": DENY}.get(filter_kind, "CONDITIONAL")
 
 
 def check_attributes(entries: Sequence[tuple[Any, Sequence[str]]]) -> dict[str, Any]:
@@ -262,7 +398,13 @@ def tag_request(request_id: str, principal: Principal) -> None:
     """Who is asking, and the request id shared with the PDP's log, on the server span."""
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attributes({REQUEST_ID: request_id, PRINCIPAL_ID: principal.id})
+        span.set_attributes(
+            {
+                REQUEST_ID: request_id,
+                PRINCIPAL_ID: principal.id,
+                PRINCIPAL_ROLES: list(principal.roles),
+            }
+        )
 
 
 def mark_request(component_type: ComponentType, name: str) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm.exc import StaleDataError
 
-from server.telemetry import sql as statement_spans
+from server.telemetry import sql as sql_tracing
 
 
 def utcnow() -> datetime:
@@ -45,8 +45,9 @@ class Base(DeclarativeBase):
 class Store:
     """Owns the engine; hands out one session (and transaction) per unit of work."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, statement_spans: bool = False) -> None:
         self.url = url
+        self.statement_spans = statement_spans
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
 
@@ -73,7 +74,8 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(url, pool_pre_ping=True)
-        statement_spans.instrument(engine)
+        if self.statement_spans:
+            sql_tracing.instrument(engine)
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with engine.begin() as conn:
