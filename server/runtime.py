@@ -123,7 +123,11 @@ def build_runtime(
     return Runtime(
         settings=settings,
         capabilities=tuple(capabilities),
-        store=Store(settings.database_url, statement_spans=settings.otel_statement_spans),
+        store=Store(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            statement_spans=settings.otel_statement_spans,
+        ),
         pdp=pdp,
         identities=Identities(settings, registry.identities(capabilities), login=login),
         telemetry=Telemetry(settings),

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         default="sqlite+aiosqlite:///.dev/data/template.db",
         description="SQLAlchemy async URL, without password (that comes from Vault).",
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="Database connections each worker keeps open; cover the requests in flight "
+        "(a tool holds one for its transaction, PDP round trip included).",
+    )
     seed_demo_data: bool = Field(
         default=True, description="Add each capability's demo rows to its empty tables."
     )

@@ -45,8 +45,12 @@ class Base(DeclarativeBase):
 class Store:
     """Owns the engine; hands out one session (and transaction) per unit of work."""
 
-    def __init__(self, url: str, *, statement_spans: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, statement_spans: bool = False) -> None:
         self.url = url
+        # Connections kept open. A tool holds one for its whole transaction, PDP round trip
+        # included, so the pool must cover the requests in flight: past it, every extra
+        # connection is opened and closed again per use (for SQLite, a thread each time).
+        self.pool_size = pool_size
         self.statement_spans = statement_spans
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
@@ -70,10 +74,12 @@ class Store:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             # SQLite has one writer at a time; a write (a change plus its signed outbox row) waits
             # up to 15 s for the lock under bursts of concurrent writers instead of failing.
-            engine = create_async_engine(url, connect_args={"timeout": 15})
+            engine = create_async_engine(
+                url, connect_args={"timeout": 15}, pool_size=self.pool_size
+            )
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_async_engine(url, pool_pre_ping=True)
+            engine = create_async_engine(url, pool_pre_ping=True, pool_size=self.pool_size)
         if self.statement_spans:
             sql_tracing.instrument(engine)
         self._engine = engine
