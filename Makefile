@@ -128,8 +128,8 @@ e2e: install tools interop-tools ## The end-to-end tier: real PDP, OpenBao, Post
 
 test: lint policy-test unit e2e ## Everything CI runs
 
-bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
-	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO)
+bench: install tools ## Full stack vs bare FastMCP (docs/benchmark.md; QUICK=1: a short check run; last line: JSON path)
+	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO) $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 COMPOSE := docker compose -f compose/docker-compose.yaml
 
