@@ -67,7 +67,7 @@ class DecisionCache:
             _principal_key(principal),
             ref.kind,
             ref.id,
-            _frozen(ref.attributes),
+            _frozen_attributes(ref.attributes),
             tuple(actions),
         )
 
@@ -130,8 +130,33 @@ def _principal_key(principal: Principal) -> Key:
     return (principal.id, principal.roles, _frozen(principal.policy_attributes()))
 
 
+def _frozen_attributes(attributes: Mapping[str, Any]) -> Hashable:
+    """``_frozen`` of an attribute mapping, with a fast path for what components carry: strings,
+    booleans, numbers, None and lists of strings (a list of tags is built per request)."""
+    items: list[tuple[str, Hashable]] = []
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str or kind is int or value is None:
+            items.append((str(key), value))
+        elif kind is list and all(type(v) is str for v in value):
+            items.append((str(key), tuple(value)))
+        else:
+            items.append((str(key), _frozen(value)))
+    items.sort(key=_name)
+    return tuple(items)
+
+
+def _name(item: tuple[str, Hashable]) -> str:
+    return item[0]
+
+
 def _frozen(value: Any) -> Hashable:
     """A hashable, order-insensitive (for mappings) copy of a JSON-like value."""
+    kind = type(value)
+    if kind is str or kind is int or value is None:  # the common cases first: keys are hot
+        return value  # type: ignore[no-any-return]
+    if kind is bool:
+        return ("bool", value)  # True == 1 as dict keys; the PDP tells them apart
     if isinstance(value, Mapping):
         return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
     if isinstance(value, list | tuple):
@@ -139,5 +164,5 @@ def _frozen(value: Any) -> Hashable:
     if isinstance(value, float) and math.isnan(value):
         return "NaN"  # NaN != NaN would make the entry unreachable, not wrong
     if isinstance(value, bool):
-        return ("bool", value)  # True == 1 as dict keys; the PDP tells them apart
+        return ("bool", value)
     return value  # type: ignore[no-any-return]

@@ -1,9 +1,12 @@
 """Tracing of authorization decisions: every decision findable, at the least cost per call.
 
 Every PDP request (CheckResources, PlanResources) of the PDP client is recorded by the same
-code, so the middleware's component checks and the tools' record checks are traced alike. Each
-(resource, action) decided becomes an ``authz.decision`` event with kind, id, action, effect,
-matched policy, the PDP's call id and latency and, for a DENY, the reason. Where the events go:
+code, so the middleware's component checks and the tools' record checks are traced alike. A
+single (resource, action) decided becomes an ``authz.decision`` event with kind, id, action,
+effect, matched policy, the PDP's call id and latency and, for a DENY, the reason. Many at once
+(a list, a page of records) become one ``authz.decisions`` event per kind and action: the ids
+allowed, the ids denied (and those denied for invalid attributes), the matched policies, the
+call id and latency: every decision recorded, at the cost of one event. Where the events go:
 
 - by default on the request's own span (FastMCP's server span), which already carries who asked
   (principal id and roles) and the request id the PDP's decision log also records. The PDP's
@@ -50,6 +53,7 @@ _tracer = trace.get_tracer("server.authz")
 CHECK_SPAN: Final = "authz.check"
 PLAN_SPAN: Final = "authz.plan"
 DECISION_EVENT: Final = "authz.decision"
+DECISIONS_EVENT: Final = "authz.decisions"  # several (resource, action) decisions at once
 PLAN_EVENT: Final = "authz.plan"
 
 # Attribute names, on decision spans, their events and (some) on FastMCP's server span.
@@ -70,6 +74,10 @@ ALLOWED_COUNT: Final = "authz.allowed_count"
 DENIED_COUNT: Final = "authz.denied_count"
 PLAN_FILTER: Final = "authz.plan.filter"
 LATENCY_MS: Final = "authz.pdp.latency_ms"
+ALLOWED_IDS: Final = "authz.allowed_ids"
+DENIED_IDS: Final = "authz.denied_ids"
+INVALID_IDS: Final = "authz.invalid_ids"  # denied because attributes failed the policy schema
+POLICIES: Final = "authz.policies"
 CACHED: Final = "authz.cached"  # the decision came from the decision cache
 CACHE_AGE_MS: Final = "authz.cache.age_ms"  # since the PDP made it
 ORIGIN_REQUEST_ID: Final = "authz.cache.request_id"  # the request whose PDP call made it
@@ -200,12 +208,7 @@ class DecisionEvents(DecisionRecorder):
 
     def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
         try:
-            pdp = self._pdp_attributes()
-            for decision in decisions:
-                for action in decision.actions.values():
-                    self.span.add_event(
-                        DECISION_EVENT, {**_decision_attributes(decision, action), **pdp}
-                    )
+            _add_decision_events(self.span, decisions, self._pdp_attributes())
         except Exception:
             log.exception("could not record authorization decisions on the span")
 
@@ -228,13 +231,23 @@ class DecisionEvents(DecisionRecorder):
 
     def failed(self, reason: DenialReason, detail: str) -> None:
         try:
-            pdp = self._pdp_attributes()
-            for ref, actions in self.subjects:
-                for action in actions:
-                    attributes = {RESOURCE_KIND: ref.kind, ACTION: action, EFFECT: DENY}
+            pdp = {**self._pdp_attributes(), EFFECT: DENY, DENIAL_REASON: reason}
+            asked = [(ref, action) for ref, actions in self.subjects for action in actions]
+            if len(asked) == 1 or self.event == PLAN_EVENT:
+                for ref, action in asked:
+                    attributes = {RESOURCE_KIND: ref.kind, ACTION: action}
                     if ref.id:
                         attributes[RESOURCE_ID] = ref.id
-                    self.span.add_event(self.event, {**attributes, DENIAL_REASON: reason, **pdp})
+                    self.span.add_event(self.event, {**attributes, **pdp})
+                return
+            groups: dict[tuple[str, str], list[str]] = {}
+            for ref, action in asked:
+                groups.setdefault((ref.kind, action), []).append(ref.id)
+            for (kind, action), ids in groups.items():
+                self.span.add_event(
+                    DECISIONS_EVENT,
+                    {RESOURCE_KIND: kind, ACTION: action, DENIED_IDS: ids, **pdp},
+                )
         except Exception:
             log.exception("could not record a failed authorization on the span")
 
@@ -312,19 +325,52 @@ def cached_decisions(hits: Sequence[CachedDecision], now: float) -> None:
     if not span.is_recording():
         return
     try:
+        # One event per PDP call the hits came from (a cached list: usually one).
+        by_origin: dict[tuple[str, str], list[CachedDecision]] = {}
         for hit in hits:
-            decision = hit.decision
+            by_origin.setdefault((hit.decision.call_id, hit.request_id), []).append(hit)
+        for (call_id, request_id), group in by_origin.items():
             origin: dict[str, Any] = {
                 CACHED: True,
-                CACHE_AGE_MS: hit.age_ms(now),
-                ORIGIN_REQUEST_ID: hit.request_id,
+                CACHE_AGE_MS: min(hit.age_ms(now) for hit in group),
+                ORIGIN_REQUEST_ID: request_id,
             }
-            if decision.call_id:
-                origin[CALL_ID] = decision.call_id
-            for action in decision.actions.values():
-                span.add_event(DECISION_EVENT, {**_decision_attributes(decision, action), **origin})
+            if call_id:
+                origin[CALL_ID] = call_id
+            _add_decision_events(span, [hit.decision for hit in group], origin)
     except Exception:
         log.exception("could not record cached authorization decisions on the span")
+
+
+def _add_decision_events(
+    span: trace.Span, decisions: Sequence[ResourceDecision], common: Mapping[str, Any]
+) -> None:
+    """One ``authz.decision`` event for a single decision; for several, one ``authz.decisions``
+    event per (kind, action) naming the ids allowed and denied."""
+    outcomes = [(d, a) for d in decisions for a in d.actions.values()]
+    if len(outcomes) == 1:
+        decision, action = outcomes[0]
+        span.add_event(DECISION_EVENT, {**_decision_attributes(decision, action), **common})
+        return
+    groups: dict[tuple[str, str], list[tuple[ResourceDecision, ActionDecision]]] = {}
+    for decision, action in outcomes:
+        groups.setdefault((decision.resource.kind, action.action), []).append((decision, action))
+    for (kind, action_name), group in groups.items():
+        allowed = [d.resource.id for d, a in group if a.allowed]
+        denied = [d.resource.id for d, a in group if not a.allowed]
+        attributes: dict[str, Any] = {
+            RESOURCE_KIND: kind,
+            ACTION: action_name,
+            ALLOWED_IDS: allowed,
+            DENIED_IDS: denied,
+            ALLOWED_COUNT: len(allowed),
+            DENIED_COUNT: len(denied),
+            POLICIES: sorted({a.policy for _, a in group}),
+        }
+        invalid = [d.resource.id for d, a in group if not a.allowed and d.validation_errors]
+        if invalid:
+            attributes[INVALID_IDS] = invalid
+        span.add_event(DECISIONS_EVENT, {**attributes, **common})
 
 
 def list_outcome(allowed: int, denied: int) -> None:

@@ -142,19 +142,55 @@ async def test_a_list_records_the_effect_of_every_item(
     tree = await spans_of_trace(spans, trace_id, has("tools/list"))
 
     server_span = one(tree, "tools/list", SERVER)
-    events = decision_events(server_span)
-    assert len(events) == len(registered)
-    assert {e["authz.resource.id"] for e in events} == registered
-    assert {e["authz.resource.id"] for e in events if e["authz.effect"] == "ALLOW"} == visible
-    assert all(
-        e["authz.denial_reason"] == "policy_denied" for e in events if e["authz.effect"] == "DENY"
-    )
+    # The whole list is one event: every tool named, allowed or denied, by one PDP call.
+    (event,) = [dict(e.attributes or {}) for e in server_span.events]
+    assert set(event["authz.allowed_ids"]) == visible
+    assert set(event["authz.denied_ids"]) == registered - visible
+    assert (event["authz.resource.kind"], event["authz.action"]) == ("mcp_tool", "list")
+    assert event["authz.allowed_count"] == len(visible)
+    assert event["authz.denied_count"] == len(registered) - len(visible)
+    assert event["authz.policies"] == (TOOL_POLICY,)
+    assert "authz.invalid_ids" not in event  # every declaration passed the policy schema
+    assert CALL_ID.match(event["cerbos.call_id"])
+    assert event["authz.pdp.latency_ms"] > 0
     assert server_span.attributes["authz.allowed_count"] == len(visible)
     assert server_span.attributes["authz.denied_count"] == len(registered) - len(visible)
-    # One PDP call decided them all; filtering a list is not a refusal.
-    assert len({e["cerbos.call_id"] for e in events}) == 1
-    assert CALL_ID.match(events[0]["cerbos.call_id"])
+    # Filtering a list is not a refusal.
     assert server_span.status.status_code == StatusCode.UNSET
+
+
+async def test_a_cached_list_is_one_event_naming_the_pdp_call_it_came_from(
+    pdp: PDP,
+    make_settings: Callable[..., Settings],
+    token: Callable[..., str],
+    spans: InMemorySpanExporter,
+) -> None:
+    server = start_server(make_settings(pdp, authz_cache_seconds=10), token)
+    try:
+        with caller_span() as trace_id:
+            async with server.client("erin") as client:
+                first = {t.name for t in await client.list_tools()}
+                second = {t.name for t in await client.list_tools()}
+        tree = await spans_of_trace(
+            spans,
+            trace_id,
+            lambda found: (
+                len([s for s in found if s.name == "tools/list" and s.kind == SERVER]) == 2
+            ),
+        )
+    finally:
+        server.stop()
+    assert first == second
+    asked, reused = sorted(
+        (s for s in tree if s.name == "tools/list" and s.kind == SERVER),
+        key=lambda s: s.start_time or 0,
+    )
+    ((fresh,), (cached,)) = ([dict(e.attributes or {}) for e in s.events] for s in (asked, reused))
+    assert "authz.cached" not in fresh
+    assert cached["authz.cached"] is True
+    assert cached["cerbos.call_id"] == fresh["cerbos.call_id"]
+    assert cached["authz.cache.request_id"] == asked.attributes["authz.request_id"]
+    assert set(cached["authz.allowed_ids"]) == set(fresh["authz.allowed_ids"]) == second
 
 
 async def test_record_checks_and_query_plans_are_recorded_too(
