@@ -48,7 +48,7 @@ from server.authz.middleware import AuthorizationMiddleware
 from server.authz.request_context import RequestInfo, bind_request
 from server.capability import registry
 from server.edge.principal import Principal
-from server.runtime import build_runtime, runtime_tables
+from server.runtime import build_runtime, runtime_tables, tune_garbage_collection
 from server.settings import Settings
 from server.store.core import Store
 from server.telemetry import setup as telemetry
@@ -280,6 +280,8 @@ def main() -> None:
                     for m in mcp.middleware
                 ]
         app = BenchStats(create_http_app(mcp, settings), mcp)
+    # The process is tuned as `python -m server serve` tunes its own, bare included.
+    tune_garbage_collection(settings)
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -192,7 +192,7 @@ def readme_with_access_table(readme: str) -> str:
 
 SECTIONS: Final = (
     ("Server and HTTP edge", ("environment", "server_name", "transport", "host", "port", "path",
-                              "public_base_url", "allowed_", "max_", "workers")),
+                              "public_base_url", "allowed_", "max_", "workers", "gc_")),
     ("Authentication", ("auth_", "authorization_servers", "stdio_principal")),
     ("Rate limit", ("rate_limit_",)),
     ("Cerbos PDP", ("pdp_", "authz_")),

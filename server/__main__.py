@@ -19,6 +19,7 @@ import uvicorn
 
 from server import workers
 from server.app import create_http_app, create_server
+from server.runtime import tune_garbage_collection
 from server.settings import Settings
 
 
@@ -78,8 +79,10 @@ def serve_forever(settings: Settings) -> None:
             settings.port,
             settings.path,
         )
+    app = create_http_app(mcp, settings)
+    tune_garbage_collection(settings)
     uvicorn.run(
-        create_http_app(mcp, settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",

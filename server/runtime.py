@@ -13,6 +13,7 @@ failure stops startup: the server never becomes ready without its secrets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,24 @@ class Runtime:
         await self.identities.close()
         await self.pdp.close()
         await self.telemetry.close()
+
+
+def tune_garbage_collection(settings: Settings) -> None:
+    """For a process that serves requests (``serve`` and each worker), before it serves.
+
+    A request allocates thousands of short-lived objects (FastMCP, pydantic, the SDKs); with
+    Python's default threshold the cyclic collector runs every 700 allocations and walks every
+    young object each time: ~20 % of the CPU of a call, measured. Collecting every
+    ``MCP_GC_THRESHOLD`` allocations instead, and freezing what startup created (modules,
+    the app, its tools: never garbage) out of the older generations' walks, leaves reference
+    counting to free almost everything, as it does anyway.
+    """
+    if settings.gc_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_threshold, max(older, 20), max(oldest, 100))
 
 
 def runtime_tables(capabilities: Sequence[Capability]) -> list[Table]:

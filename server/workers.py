@@ -235,7 +235,7 @@ def run_worker(
 ) -> int:
     """Serve on the inherited socket until told to stop."""
     from server.app import create_http_app, create_server
-    from server.runtime import build_runtime
+    from server.runtime import build_runtime, tune_garbage_collection
 
     login = None
     if credential_fd is not None:
@@ -253,6 +253,7 @@ def run_worker(
     config = uvicorn.Config(
         create_http_app(mcp, settings), log_level="warning", server_header=False
     )
+    tune_garbage_collection(settings)
     server = _SignallingServer(config, ready_fd, number)
     server.run(sockets=[listener])
     if not server.started:
