@@ -165,8 +165,8 @@ test: lint policy-test unit e2e ## Everything CI runs
 audit: install ## pip-audit the pinned dependency tree: fails on any known vulnerability, and when it cannot check (AUDIT_SERVICE=pypi|osv)
 	@$(BIN)/python -m ops audit
 
-bench: install tools ## Full stack vs bare FastMCP, side by side (prints a table; last line: JSON path)
-	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO)
+bench: install tools ## Full stack vs bare FastMCP (docs/benchmark.md; QUICK=1: a short check run; last line: JSON path)
+	$(BIN)/python -m bench --cerbos $(CERBOS) --bao $(BAO) $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 COMPOSE := docker compose -f compose/docker-compose.yaml
 

@@ -132,12 +132,18 @@ def start_pdp(
     http_port: int | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 20,
+    grpc_socket: Path | None = None,
 ) -> PDP:
-    """Start ``cerbos server`` with config/cerbos/config.yaml on the given (or free) ports."""
+    """Start ``cerbos server`` with config/cerbos/config.yaml on the given (or free) ports.
+
+    ``grpc_socket``: serve gRPC on that Unix socket instead of a TCP port (as a sidecar beside
+    the server would); HTTP (health) stays on TCP.
+    """
     grpc_port = grpc_port or free_port()
     http_port = http_port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     audit_log = workdir / "audit.log"
+    grpc_listen = f"unix:{grpc_socket}" if grpc_socket else f"127.0.0.1:{grpc_port}"
     process = spawn(
         "cerbos",
         [
@@ -145,7 +151,7 @@ def start_pdp(
             "server",
             f"--config={PDP_CONFIG}",
             "--log-level=warn",
-            f"--set=server.grpcListenAddr=127.0.0.1:{grpc_port}",
+            f"--set=server.grpcListenAddr={grpc_listen}",
             f"--set=server.httpListenAddr=127.0.0.1:{http_port}",
             f"--set=storage.disk.directory={policies}",
             f"--set=audit.file.path={audit_log}",
@@ -153,7 +159,7 @@ def start_pdp(
         log_path=workdir / "cerbos.log",
         env={"CERBOS_NO_TELEMETRY": "1", **(env or {})},
     )
-    pdp = PDP(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", audit_log)
+    pdp = PDP(process, grpc_listen, f"http://127.0.0.1:{http_port}", audit_log)
     try:
         wait_until(lambda: process.alive() and pdp.healthy(), timeout=timeout, what="Cerbos PDP")
     except TimeoutError:

@@ -192,10 +192,10 @@ def readme_with_access_table(readme: str) -> str:
 
 SECTIONS: Final = (
     ("Server and HTTP edge", ("environment", "server_name", "transport", "host", "port", "path",
-                              "public_base_url", "allowed_", "max_")),
+                              "public_base_url", "allowed_", "max_", "workers", "gc_")),
     ("Authentication", ("auth_", "authorization_servers", "stdio_principal")),
     ("Rate limits", ("rate_limit_", "preauth_rate_limit_", "trusted_proxies")),
-    ("Cerbos PDP", ("pdp_",)),
+    ("Cerbos PDP", ("pdp_", "authz_")),
     ("Capabilities and store", ("capabilities", "database_", "seed_")),
     ("Multi-round requests", ("request_state_",)),
     ("Vault (or OpenBao)", ("vault_",)),

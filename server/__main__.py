@@ -1,6 +1,9 @@
-"""Run the MCP server: ``python -m server [--env-file FILE] serve [--transport stdio] [--port N]``.
+"""Run the MCP server: ``python -m server [--env-file FILE] serve [--transport stdio] [--port N]
+[--workers N]``.
 
-Streamable HTTP on ``MCP_HOST:PORT`` + ``MCP_PATH`` by default, or stdio. Development and
+Streamable HTTP on ``MCP_HOST:PORT`` + ``MCP_PATH`` by default, or stdio. With more than one
+worker (``--workers``, ``MCP_WORKERS``) a supervisor starts that many server processes on one
+socket (``server/workers.py``; ``worker`` is the command it runs them with). Development and
 operator commands (the local stack, tokens, the Vault bootstrap, reports, scaffolding) live in
 ``python -m ops``.
 """
@@ -14,7 +17,9 @@ from pathlib import Path
 
 import uvicorn
 
+from server import workers
 from server.app import create_http_app, create_server
+from server.runtime import tune_garbage_collection
 from server.settings import Settings
 
 
@@ -25,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the MCP server (the default)")
     serve.add_argument("--transport", choices=["http", "stdio"])
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="server processes on one socket")
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--number", type=int, required=True)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--ready-fd", type=int, required=True)
+    worker.add_argument("--credential-fd", type=int)
     args = parser.parse_args(argv)
     # Logs go to stderr: on stdio, stdout is the MCP channel.
     logging.basicConfig(
@@ -37,9 +48,22 @@ def main(argv: list[str] | None = None) -> int:
         overrides["transport"] = args.transport
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
+    if getattr(args, "workers", None) is not None:
+        overrides["workers"] = args.workers
     if args.env_file is not None:
         overrides["_env_file"] = args.env_file
-    serve_forever(Settings(**overrides))  # type: ignore[arg-type]
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if args.command == "worker":
+        return workers.run_worker(
+            settings,
+            number=args.number,
+            listen_fd=args.listen_fd,
+            ready_fd=args.ready_fd,
+            credential_fd=args.credential_fd,
+        )
+    if settings.transport == "http" and settings.workers > 1:
+        return workers.supervise(settings, args.env_file)
+    serve_forever(settings)
     return 0
 
 
@@ -55,8 +79,10 @@ def serve_forever(settings: Settings) -> None:
             settings.port,
             settings.path,
         )
+    app = create_http_app(mcp, settings)
+    tune_garbage_collection(settings)
     uvicorn.run(
-        create_http_app(mcp, settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",

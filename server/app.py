@@ -92,17 +92,24 @@ def create_server(
     # the component receives its own capability's store.
     mcp.add_middleware(CapabilityScope(owners))
     _advertise_only_served_methods(mcp)
-    # On 2026-07-28 connections the MCP SDK validates `Mcp-Param-*` headers of every tools/call
-    # against the tool's schema. Without a lookup it finds the schema by running a whole
-    # tools/list for the caller: one extra batched authorization per call. Validation only
-    # concerns parameters a schema mirrors into headers (`x-mcp-header`); the lifespan refuses
-    # tools that declare any, so "no schema" validates exactly the same, without the listing.
-    mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
+    skip_listing_per_call(mcp)
 
     for path, probe in health.probes(runtime, lambda: server_state["ready"]).items():
         mcp.custom_route(path, methods=["GET"], include_in_schema=False)(probe)
 
     return mcp
+
+
+def skip_listing_per_call(mcp: FastMCP[Any]) -> None:
+    """Give the MCP SDK the tool-schema lookup it would otherwise make with a whole listing.
+
+    On 2026-07-28 connections the SDK validates `Mcp-Param-*` headers of every tools/call
+    against the tool's schema. Without a lookup it finds the schema by running a whole
+    tools/list for the caller: one extra batched authorization per call. Validation only
+    concerns parameters a schema mirrors into headers (`x-mcp-header`); the lifespan refuses
+    tools that declare any, so "no schema" validates exactly the same, without the listing.
+    """
+    mcp._mcp_server.get_tool_input_schema = _no_header_mirrored_parameters
 
 
 def _no_header_mirrored_parameters(_tool_name: str) -> None:

@@ -53,6 +53,21 @@ class Settings(BaseSettings):
         description="HTTP port (also read from `PORT`).",
     )
     path: str = Field(default="/mcp", description="Path of the MCP endpoint.")
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        le=1_000_000,
+        description="Allocations between two young-generation garbage collections of a served "
+        "process (Python's default is 700, which cost ~20 % of the CPU per call); `0`: leave "
+        "Python's default.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the HTTP socket (one core each). Rate limits and "
+        "the decision cache are per process; legacy-session (2025-11-25) clients need 1.",
+    )
     public_base_url: str | None = Field(
         default=None,
         description="Canonical URL clients use to reach this server (defaults to http://host:port).",
@@ -142,6 +157,15 @@ class Settings(BaseSettings):
         le=10_000,
         description="Batch size; at most the PDP's `maxResourcesPerRequest`.",
     )
+    authz_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="How long a tool-gate or list decision (never a record decision) may be "
+        "reused for the same principal, component and action (`0`: off). A revoked "
+        "permission is refused at most this long after the PDP has reloaded the policy; "
+        "never beyond the token's expiry, never while the PDP is unreachable.",
+    )
 
     # --- development helpers ----------------------------------------------------------------
     dev_issuer_dir: Path = Field(
@@ -165,6 +189,13 @@ class Settings(BaseSettings):
     )
     database_timeout_seconds: float = Field(
         default=2.0, gt=0, le=30, description="Connect timeout, and the readiness probe's bound."
+    )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description="Database connections each worker keeps open; cover the requests in flight "
+        "(a tool holds one for its transaction, PDP round trip included).",
     )
     seed_demo_data: bool = Field(
         default=True, description="Add each capability's demo rows to its empty tables."
@@ -295,6 +326,15 @@ class Settings(BaseSettings):
     otel_max_queue_size: int = Field(
         default=2048, ge=1, le=100_000, description="Spans queued before the oldest are dropped."
     )
+    otel_decision_spans: bool = Field(
+        default=False,
+        description="One `authz.check`/`authz.plan` span per PDP request; by default each "
+        "decision is an `authz.decision` event on the request's span (cheaper, same fields).",
+    )
+    otel_statement_spans: bool = Field(
+        default=False,
+        description="One span per SQL statement (parametrized text, never values).",
+    )
 
     @field_validator("path")
     @classmethod
@@ -322,6 +362,12 @@ class Settings(BaseSettings):
                 "HTTP transport needs MCP_AUTH_JWKS_URL and MCP_AUTH_ISSUER: "
                 "every HTTP request is authenticated"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_http(self) -> Settings:
+        if self.workers > 1 and self.transport != "http":
+            raise ValueError("MCP_WORKERS > 1 needs the HTTP transport")
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ class ResourceDecision:
     resource: ResourceRef
     actions: Mapping[str, ActionDecision]
     validation_errors: tuple[str, ...] = ()
+    call_id: str = ""  # the PDP call that decided (its decision-log callId)
 
     def allowed(self, action: str) -> bool:
         decision = self.actions.get(action)

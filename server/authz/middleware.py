@@ -10,12 +10,16 @@
   a list fails visibly instead of coming back empty.
 - Arguments refused by a tool's or prompt's schema are answered with a bounded description that
   names the declared parameters at fault and never echoes what was sent.
+- Component decisions (the tool gate, lists) may come from the PDP client's short-lived
+  decision cache (``MCP_AUTHZ_CACHE_SECONDS``); record-level decisions never do.
+- The principal parsed from a token is kept per token (the claims of a token never change).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -74,6 +78,9 @@ OPEN_NOTIFICATIONS: Final = frozenset(
 
 C = TypeVar("C")
 
+# Distinct tokens whose parsed principal is kept (the verifier keeps as many verified tokens).
+PRINCIPALS_KEPT: Final = 1024
+
 
 class AuthorizationMiddleware(Middleware):
     def __init__(
@@ -85,6 +92,16 @@ class AuthorizationMiddleware(Middleware):
         self.pdp = pdp
         # Used only where no HTTP layer exists (stdio, in-process): there is no token there.
         self.local_principal = local_principal
+        # token -> (principal, exp): parsing and validating claims is the same work every time.
+        self._principals: OrderedDict[str, tuple[Principal, float | None]] = OrderedDict()
+        self.principal_hits = 0
+        self.principal_misses = 0
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        stats = {"principals": {"hits": self.principal_hits, "misses": self.principal_misses}}
+        if self.pdp.cache is not None:
+            stats["decisions"] = self.pdp.cache.stats()
+        return stats
 
     # --- every request -------------------------------------------------------------------------
 
@@ -97,14 +114,16 @@ class AuthorizationMiddleware(Middleware):
         if method not in AUTHORIZED_METHODS:
             tracing.refuse_request("unknown_method")
             raise McpError(code=METHOD_NOT_FOUND, message="Method not found")
-        principal = self._principal(context)
+        principal, valid_until = self._principal(context)
         if principal is None:
             tracing.refuse_request("no_principal")
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
         request_id = uuid.uuid4().hex
-        token = bind_request(RequestInfo(request_id=request_id, principal=principal))
+        token = bind_request(
+            RequestInfo(request_id=request_id, principal=principal, valid_until=valid_until)
+        )
         tracing.tag_request(request_id, principal)
         try:
             return await call_next(context)
@@ -119,17 +138,35 @@ class AuthorizationMiddleware(Middleware):
         log.debug("dropped notification %s", context.method)
         return None
 
-    def _principal(self, context: MiddlewareContext[Any]) -> Principal | None:
+    def _principal(self, context: MiddlewareContext[Any]) -> tuple[Principal | None, float | None]:
+        """The caller and when its credential stops being valid (None: no expiry known)."""
         token = get_access_token()
         if token is not None:
-            try:
-                return principal_from_claims(token.claims)
-            except InvalidClaims:
-                return None  # the verifier already refuses such tokens; belt and braces
+            return self._principal_of(token.token, token.claims)
         transport = context.fastmcp_context.transport if context.fastmcp_context else None
         if transport in ("stdio", None):
-            return self.local_principal
-        return None
+            return self.local_principal, None
+        return None, None
+
+    def _principal_of(
+        self, raw: str, claims: dict[str, Any]
+    ) -> tuple[Principal | None, float | None]:
+        known = self._principals.get(raw)
+        if known is not None:
+            self.principal_hits += 1
+            self._principals.move_to_end(raw)
+            return known
+        self.principal_misses += 1
+        try:
+            principal = principal_from_claims(claims)
+        except InvalidClaims:
+            return None, None  # the verifier already refuses such tokens; belt and braces
+        exp = claims.get("exp")
+        parsed = (principal, float(exp) if isinstance(exp, int | float) else None)
+        self._principals[raw] = parsed
+        while len(self._principals) > PRINCIPALS_KEPT:
+            self._principals.popitem(last=False)
+        return parsed
 
     # --- lists: one batched decision per list --------------------------------------------------
 
@@ -156,11 +193,13 @@ class AuthorizationMiddleware(Middleware):
     async def _filter(self, items: Sequence[C], to_ref: Callable[[C], ResourceRef]) -> list[C]:
         refs = [to_ref(item) for item in items]
         result = await self._decide([(ref, (components.LIST_ACTION,)) for ref in refs])
-        return [
+        visible = [
             item
             for item, decision in zip(items, result.decisions, strict=True)
             if decision.allowed(components.LIST_ACTION)
         ]
+        tracing.list_outcome(len(visible), len(items) - len(visible))
+        return visible
 
     # --- single components: checked before anything runs ---------------------------------------
 
@@ -246,14 +285,29 @@ class AuthorizationMiddleware(Middleware):
         *,
         must_allow: Sequence[str] = (),
     ) -> CheckResult:
+        return await self._ask_pdp(entries, must_allow, cacheable=True)
+
+    async def _ask_pdp(
+        self,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        must_allow: Sequence[str],
+        *,
+        cacheable: bool = False,
+    ) -> CheckResult:
         info = current_request()
         if info is None or info.principal is None:
             raise McpError(
                 code=NOT_AUTHORIZED, message="Not authorized: no principal for this request"
             )
         try:
+            # Components only: their decision depends on nothing but what the PDP is sent.
             return await self.pdp.check(
-                info.principal, entries, request_id=info.request_id, must_allow=must_allow
+                info.principal,
+                entries,
+                request_id=info.request_id,
+                must_allow=must_allow,
+                cacheable=cacheable,
+                valid_until=info.valid_until,
             )
         except AuthorizationUnavailable as exc:
             log.warning(

@@ -7,9 +7,14 @@ request id). Every answer is checked for shape before it is believed: a reply th
 describe exactly the resources and actions we asked about is treated as an outage, never as an
 ALLOW.
 
-Every decision is one ``authz.check`` / ``authz.plan`` span (``server.authz.tracing``) recording
-each decision in it, and every RPC carries the trace context (W3C ``traceparent``) as gRPC
-metadata, so the PDP's own spans continue the trace under that decision span.
+Every decision is traced (``server.authz.tracing``): events on the request's span, or one
+``authz.check`` / ``authz.plan`` span per decision. Every RPC carries the trace context (W3C
+``traceparent``) as gRPC metadata, so the PDP's own spans continue the trace.
+
+Component decisions (the tool gate, lists) may be served from a short-lived ``DecisionCache``
+when the caller asks for it (``cacheable``): never while the channel is not ready, and every
+entry is dropped when a PDP request fails. Record-level decisions and query plans are never
+cached.
 
 Policy hot reloads: while the PDP swaps in edited policies it can, for milliseconds (longer on a
 busy host), find no policy at all for a kind whose derived roles changed, and answers DENY with
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
@@ -39,6 +45,7 @@ from google.protobuf import json_format, struct_pb2
 from opentelemetry import propagate
 
 from server.authz import tracing
+from server.authz.decision_cache import CachedDecision, DecisionCache
 from server.authz.decisions import ActionDecision, CheckResult, ResourceDecision, ResourceRef
 from server.authz.errors import AuthorizationUnavailable
 from server.edge.principal import Principal
@@ -79,11 +86,15 @@ class PolicyDecisionPoint:
         timeout_seconds: float,
         max_resources_per_request: int,
         tls_ca: bytes | None = None,
+        cache: DecisionCache | None = None,
+        decision_spans: bool = False,
     ) -> None:
         self.address = address
         self.timeout_seconds = timeout_seconds
         self.max_resources_per_request = max_resources_per_request
         self._tls_ca = tls_ca
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.decision_spans = decision_spans
         self._channel: grpc.aio.Channel | None = None
         self._stub: svc_pb2_grpc.CerbosServiceStub | None = None
 
@@ -100,6 +111,16 @@ class PolicyDecisionPoint:
         if self._channel is not None:
             await self._channel.close()
         self._channel = self._stub = None
+        if self.cache is not None:
+            self.cache.flush()
+
+    def ready(self) -> bool:
+        """Whether the channel is connected right now (no RPC, no connection attempt)."""
+        channel = self._channel
+        return (
+            channel is not None
+            and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+        )
 
     async def serving(self) -> bool:
         """Whether the PDP answers its gRPC health check as SERVING within the deadline.
@@ -127,24 +148,88 @@ class PolicyDecisionPoint:
         *,
         request_id: str,
         must_allow: Collection[str] = (),
+        cacheable: bool = False,
+        valid_until: float | None = None,
     ) -> CheckResult:
         """Decide every (resource, actions) entry; chunked at the PDP's per-request limit.
 
         ``must_allow`` names the actions whose DENY refuses the caller's request (empty for a
-        list being filtered); such a denial marks the decision span as an error.
+        list being filtered); such a denial marks a decision span as an error.
+
+        ``cacheable``: the entries are components (their decision depends only on what the PDP
+        is sent), so decisions may come from, and go to, the decision cache; never beyond
+        ``valid_until`` (epoch seconds: the expiry of the caller's token).
 
         Raises ``AuthorizationUnavailable`` for any outage, timeout or malformed reply.
         """
         if not entries:
             return CheckResult(request_id=request_id, call_ids=(), decisions=())
-        size = self.max_resources_per_request
-        if len(entries) <= size:  # the common case: no task scheduling for a single RPC
-            replies = [await self._check_chunk(principal, entries, request_id, must_allow)]
-        else:
-            chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
-            replies = await asyncio.gather(
-                *(self._check_chunk(principal, chunk, request_id, must_allow) for chunk in chunks)
+        if cacheable and self.cache is not None:
+            return await self._check_cached(
+                self.cache, principal, entries, request_id, must_allow, valid_until
             )
+        return await self._check(principal, entries, request_id, must_allow)
+
+    async def _check_cached(
+        self,
+        cache: DecisionCache,
+        principal: Principal,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        request_id: str,
+        must_allow: Collection[str],
+        valid_until: float | None,
+    ) -> CheckResult:
+        asked = time.monotonic()
+        keys = [cache.key(principal, ref, actions) for ref, actions in entries]
+        # Nothing is read while the channel is down (or not yet up): the PDP answers, or denies.
+        found: list[CachedDecision | None] = (
+            [cache.get(key, asked) for key in keys] if self.ready() else [None] * len(keys)
+        )
+        hits = [entry for entry in found if entry is not None]
+        if hits:
+            tracing.cached_decisions(hits, asked)
+        decisions = [entry.decision if entry is not None else None for entry in found]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        call_ids: tuple[str, ...] = ()
+        if missing:
+            result = await self._check(
+                principal, [entries[i] for i in missing], request_id, must_allow
+            )
+            call_ids = result.call_ids
+            for i, decision in zip(missing, result.decisions, strict=True):
+                decisions[i] = decision
+                # Counted from before the question: an entry errs on the early side.
+                cache.put(
+                    keys[i], decision, request_id=request_id, now=asked, valid_until=valid_until
+                )
+        return CheckResult(
+            request_id=request_id,
+            call_ids=call_ids,
+            decisions=tuple(d for d in decisions if d is not None),
+        )
+
+    async def _check(
+        self,
+        principal: Principal,
+        entries: Sequence[tuple[ResourceRef, Sequence[str]]],
+        request_id: str,
+        must_allow: Collection[str],
+    ) -> CheckResult:
+        size = self.max_resources_per_request
+        try:
+            if len(entries) <= size:  # the common case: no task scheduling for a single RPC
+                replies = [await self._check_chunk(principal, entries, request_id, must_allow)]
+            else:
+                chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+                replies = await asyncio.gather(
+                    *(
+                        self._check_chunk(principal, chunk, request_id, must_allow)
+                        for chunk in chunks
+                    )
+                )
+        except Exception:
+            self._distrust()
+            raise
         return CheckResult(
             request_id=request_id,
             call_ids=tuple(call_id for call_id, _ in replies),
@@ -158,8 +243,13 @@ class PolicyDecisionPoint:
         request_id: str,
         must_allow: Collection[str],
     ) -> tuple[str, list[ResourceDecision]]:
-        with tracing.decision_span(
-            tracing.CHECK_SPAN, principal, request_id, lambda: tracing.check_attributes(entries)
+        with tracing.pdp_request(
+            tracing.CHECK_SPAN,
+            principal,
+            request_id,
+            entries,
+            lambda: tracing.check_attributes(entries),
+            as_span=self.decision_spans,
         ) as span:
             request = request_pb2.CheckResourcesRequest(
                 request_id=request_id,
@@ -215,11 +305,22 @@ class PolicyDecisionPoint:
         Raises ``AuthorizationUnavailable`` unless the reply is a plan for exactly that kind
         and action with a known filter kind.
         """
-        with tracing.decision_span(
+        try:
+            return await self._plan(principal, kind, action, request_id)
+        except Exception:
+            self._distrust()
+            raise
+
+    async def _plan(
+        self, principal: Principal, kind: str, action: str, request_id: str
+    ) -> response_pb2.PlanResourcesResponse:
+        with tracing.pdp_request(
             tracing.PLAN_SPAN,
             principal,
             request_id,
+            [(ResourceRef(kind, ""), (action,))],
             lambda: {tracing.RESOURCE_KIND: kind, tracing.ACTION: action},
+            as_span=self.decision_spans,
         ) as span:
             request = request_pb2.PlanResourcesRequest(
                 request_id=request_id,
@@ -247,6 +348,11 @@ class PolicyDecisionPoint:
             kind_name = engine_pb2.PlanResourcesFilter.Kind.Name(reply.filter.kind)
             span.planned(kind_name.removeprefix("KIND_"))
             return reply
+
+    def _distrust(self) -> None:
+        """A PDP request failed: cached answers of this PDP are no longer to be trusted."""
+        if self.cache is not None:
+            self.cache.flush()
 
     async def _plan_once(
         self, request: request_pb2.PlanResourcesRequest, request_id: str, deadline: float
@@ -372,6 +478,7 @@ def _read_results(
                 validation_errors=tuple(
                     f"{err.path}: {err.message}" for err in result.validation_errors
                 ),
+                call_id=reply.cerbos_call_id,
             )
         )
     return decisions

@@ -20,6 +20,9 @@ class RequestInfo:
     # The component the request names, as sent (tool or prompt name, resource URI), once the
     # authorization middleware has read it.
     target: str = ""
+    # Epoch seconds after which the caller's credential (its token's `exp`) is no longer valid;
+    # None where there is no token (stdio). Nothing derived from it may be kept longer.
+    valid_until: float | None = None
 
 
 _current: ContextVar[RequestInfo | None] = ContextVar("mcp_request", default=None)

@@ -1,12 +1,24 @@
-"""Spans for authorization decisions: one per decision, every decision in it findable.
+"""Tracing of authorization decisions: every decision findable, at the least cost per call.
 
-``decision_span`` wraps each CheckResources and PlanResources decision of the PDP client (one
-RPC, or two when an answer that matched no policy is asked again: an ``authz.retry`` event), so the
-middleware's component checks and the tools' record checks are traced by the same code. A span
-carries who asked (principal id and roles), the request id the PDP's decision log also records,
-the PDP's call id, the latency, and for each (resource, action) an ``authz.decision`` event with
-kind, id, action, effect, matched policy and, for a DENY, the reason. A single decision is also
-on the span's own attributes, so the common case needs no event search.
+Every PDP request (CheckResources, PlanResources) of the PDP client is recorded by the same
+code, so the middleware's component checks and the tools' record checks are traced alike. A
+single (resource, action) decided becomes an ``authz.decision`` event with kind, id, action,
+effect, matched policy, the PDP's call id and latency and, for a DENY, the reason. Many at once
+(a list, a page of records) become one ``authz.decisions`` event per kind and action: the ids
+allowed, the ids denied (and those denied for invalid attributes), the matched policies, the
+call id and latency: every decision recorded, at the cost of one event. Where the events go:
+
+- by default on the request's own span (FastMCP's server span), which already carries who asked
+  (principal id and roles) and the request id the PDP's decision log also records. The PDP's
+  spans continue the trace under that span.
+- with ``MCP_OTEL_DECISION_SPANS=true``, on one ``authz.check`` / ``authz.plan`` span per PDP
+  request, carrying principal, request id, call id and latency itself (a single decision also
+  on the span's own attributes), the PDP's spans under it.
+
+A component decision served from the decision cache is an ``authz.decision`` event too, marked
+``authz.cached`` and naming the PDP call (``cerbos.call_id``) and request it came from. A PDP
+request asked again because its answer matched no policy (a policy reload) carries an
+``authz.retry`` event.
 
 ``mark_request`` and ``refuse_request`` put what only the middleware knows on FastMCP's server
 span: the component named in the request, and the reason it was refused (FastMCP leaves a
@@ -32,7 +44,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from server.authz.errors import AuthorizationUnavailable
 
 if TYPE_CHECKING:
-    from server.authz.decisions import ActionDecision, ResourceDecision
+    from server.authz.decision_cache import CachedDecision
+    from server.authz.decisions import ActionDecision, ResourceDecision, ResourceRef
     from server.edge.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -42,6 +55,8 @@ _tracer = trace.get_tracer("server.authz")
 CHECK_SPAN: Final = "authz.check"
 PLAN_SPAN: Final = "authz.plan"
 DECISION_EVENT: Final = "authz.decision"
+DECISIONS_EVENT: Final = "authz.decisions"  # several (resource, action) decisions at once
+PLAN_EVENT: Final = "authz.plan"
 RETRY_EVENT: Final = "authz.retry"
 RETRY_REASON: Final = "authz.retry.reason"
 
@@ -63,6 +78,13 @@ ALLOWED_COUNT: Final = "authz.allowed_count"
 DENIED_COUNT: Final = "authz.denied_count"
 PLAN_FILTER: Final = "authz.plan.filter"
 LATENCY_MS: Final = "authz.pdp.latency_ms"
+ALLOWED_IDS: Final = "authz.allowed_ids"
+DENIED_IDS: Final = "authz.denied_ids"
+INVALID_IDS: Final = "authz.invalid_ids"  # denied because attributes failed the policy schema
+POLICIES: Final = "authz.policies"
+CACHED: Final = "authz.cached"  # the decision came from the decision cache
+CACHE_AGE_MS: Final = "authz.cache.age_ms"  # since the PDP made it
+ORIGIN_REQUEST_ID: Final = "authz.cache.request_id"  # the request whose PDP call made it
 
 ALLOW: Final = "ALLOW"
 DENY: Final = "DENY"
@@ -86,8 +108,27 @@ DenialReason = Literal[
 _POLICY_REASON_SHAPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-class DecisionSpan:
-    """Records the outcome of one PDP request on its span."""
+class DecisionRecorder:
+    """Records the outcome of one PDP request. This base records nothing (no SDK)."""
+
+    def call_id(self, call_id: str) -> None:
+        pass
+
+    def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
+        pass
+
+    def planned(self, filter_kind: str) -> None:
+        pass
+
+    def retried(self, reason: str) -> None:
+        pass
+
+    def failed(self, reason: DenialReason, detail: str) -> None:
+        pass
+
+
+class DecisionSpan(DecisionRecorder):
+    """One span per PDP request (``MCP_OTEL_DECISION_SPANS=true``)."""
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
@@ -137,7 +178,7 @@ class DecisionSpan:
     def planned(self, filter_kind: str) -> None:
         """A PlanResources answer: ALWAYS_ALLOWED, ALWAYS_DENIED or CONDITIONAL."""
         self.span.set_attribute(PLAN_FILTER, filter_kind)
-        effect = {"ALWAYS_ALLOWED": ALLOW, "ALWAYS_DENIED": DENY}.get(filter_kind, "CONDITIONAL")
+        effect = _plan_effect(filter_kind)
         self.span.set_attribute(EFFECT, effect)
         if effect == DENY:
             self.span.set_attribute(DENIAL_REASON, "policy_denied")
@@ -149,37 +190,116 @@ class DecisionSpan:
         self.span.set_status(Status(StatusCode.ERROR, f"{reason}: {detail}"[:200]))
 
 
-class _NotRecording(DecisionSpan):
-    """Where no SDK records spans: every recording call is a no-op, so nothing is computed."""
+class DecisionEvents(DecisionRecorder):
+    """The default: each decision an event on the request's span, with the PDP call's id and
+    latency. ``subjects`` are what the request asked about, for a failure's events."""
+
+    def __init__(
+        self,
+        span: trace.Span,
+        event: str,
+        subjects: Sequence[tuple[ResourceRef, Sequence[str]]],
+        started: float,
+    ) -> None:
+        self.span = span
+        self.event = event
+        self.subjects = subjects
+        self.started = started
+        self._call_id = ""
+
+    def _pdp_attributes(self) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            LATENCY_MS: round((time.perf_counter() - self.started) * 1000, 3)
+        }
+        if self._call_id:
+            attributes[CALL_ID] = self._call_id
+        return attributes
 
     def call_id(self, call_id: str) -> None:
-        pass
-
-    def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
-        pass
-
-    def planned(self, filter_kind: str) -> None:
-        pass
+        self._call_id = call_id
 
     def retried(self, reason: str) -> None:
-        pass
+        self.span.add_event(RETRY_EVENT, {RETRY_REASON: reason, **self._pdp_attributes()})
+
+    def checked(self, decisions: Sequence[ResourceDecision], must_allow: Collection[str]) -> None:
+        try:
+            _add_decision_events(self.span, decisions, self._pdp_attributes())
+        except Exception:
+            log.exception("could not record authorization decisions on the span")
+
+    def planned(self, filter_kind: str) -> None:
+        try:
+            (ref, actions), *_ = self.subjects
+            effect = _plan_effect(filter_kind)
+            attributes = {
+                RESOURCE_KIND: ref.kind,
+                ACTION: actions[0],
+                PLAN_FILTER: filter_kind,
+                EFFECT: effect,
+                **self._pdp_attributes(),
+            }
+            if effect == DENY:
+                attributes[DENIAL_REASON] = "policy_denied"
+            self.span.add_event(PLAN_EVENT, attributes)
+        except Exception:
+            log.exception("could not record a query plan on the span")
 
     def failed(self, reason: DenialReason, detail: str) -> None:
-        pass
+        try:
+            pdp = {**self._pdp_attributes(), EFFECT: DENY, DENIAL_REASON: reason}
+            asked = [(ref, action) for ref, actions in self.subjects for action in actions]
+            if len(asked) == 1 or self.event == PLAN_EVENT:
+                for ref, action in asked:
+                    attributes = {RESOURCE_KIND: ref.kind, ACTION: action}
+                    if ref.id:
+                        attributes[RESOURCE_ID] = ref.id
+                    self.span.add_event(self.event, {**attributes, **pdp})
+                return
+            groups: dict[tuple[str, str], list[str]] = {}
+            for ref, action in asked:
+                groups.setdefault((ref.kind, action), []).append(ref.id)
+            for (kind, action), ids in groups.items():
+                self.span.add_event(
+                    DECISIONS_EVENT,
+                    {RESOURCE_KIND: kind, ACTION: action, DENIED_IDS: ids, **pdp},
+                )
+        except Exception:
+            log.exception("could not record a failed authorization on the span")
 
 
 @contextmanager
-def decision_span(
+def pdp_request(
     name: str,
     principal: Principal,
     request_id: str,
+    subjects: Sequence[tuple[ResourceRef, Sequence[str]]],
     describe: Callable[[], Mapping[str, Any]],
-) -> Iterator[DecisionSpan]:
-    """The span of one PDP request; a failure inside it is recorded with its reason.
+    *,
+    as_span: bool,
+) -> Iterator[DecisionRecorder]:
+    """Record one PDP request (``name``: CHECK_SPAN or PLAN_SPAN); a failure inside it is
+    recorded with its reason.
 
-    ``describe`` gives the request's own attributes; it runs only when the span records.
+    ``subjects`` are the (resource, actions) asked about; ``describe`` gives a decision span's
+    own attributes and runs only when that span records.
     """
     started = time.perf_counter()
+    if not as_span:
+        span = trace.get_current_span()
+        if not span.is_recording():
+            yield DecisionRecorder()
+            return
+        event = DECISION_EVENT if name == CHECK_SPAN else PLAN_EVENT
+        recorder: DecisionRecorder = DecisionEvents(span, event, subjects, started)
+        try:
+            yield recorder
+        except AuthorizationUnavailable as exc:
+            recorder.failed(exc.reason, exc.detail)
+            raise
+        except Exception as exc:
+            recorder.failed("internal_error", type(exc).__name__)
+            raise
+        return
     # Exception messages can quote PDP replies; the reason says what happened.
     span = _tracer.start_span(
         name, kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
@@ -187,7 +307,7 @@ def decision_span(
     if not span.is_recording():
         # No SDK (MCP_OTEL_EXPORTER=none): skip building attributes and events entirely. The
         # current context still carries the caller's trace, which the PDP continues.
-        yield _NotRecording(span)
+        yield DecisionRecorder()
         return
     span.set_attributes(
         {
@@ -211,6 +331,72 @@ def decision_span(
             raise
         finally:
             span.set_attribute(LATENCY_MS, round((time.perf_counter() - started) * 1000, 3))
+
+
+def cached_decisions(hits: Sequence[CachedDecision], now: float) -> None:
+    """Decisions served from the cache, as events on the request's span: each names the PDP
+    call and the request it came from."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    try:
+        # One event per PDP call the hits came from (a cached list: usually one).
+        by_origin: dict[tuple[str, str], list[CachedDecision]] = {}
+        for hit in hits:
+            by_origin.setdefault((hit.decision.call_id, hit.request_id), []).append(hit)
+        for (call_id, request_id), group in by_origin.items():
+            origin: dict[str, Any] = {
+                CACHED: True,
+                CACHE_AGE_MS: min(hit.age_ms(now) for hit in group),
+                ORIGIN_REQUEST_ID: request_id,
+            }
+            if call_id:
+                origin[CALL_ID] = call_id
+            _add_decision_events(span, [hit.decision for hit in group], origin)
+    except Exception:
+        log.exception("could not record cached authorization decisions on the span")
+
+
+def _add_decision_events(
+    span: trace.Span, decisions: Sequence[ResourceDecision], common: Mapping[str, Any]
+) -> None:
+    """One ``authz.decision`` event for a single decision; for several, one ``authz.decisions``
+    event per (kind, action) naming the ids allowed and denied."""
+    outcomes = [(d, a) for d in decisions for a in d.actions.values()]
+    if len(outcomes) == 1:
+        decision, action = outcomes[0]
+        span.add_event(DECISION_EVENT, {**_decision_attributes(decision, action), **common})
+        return
+    groups: dict[tuple[str, str], list[tuple[ResourceDecision, ActionDecision]]] = {}
+    for decision, action in outcomes:
+        groups.setdefault((decision.resource.kind, action.action), []).append((decision, action))
+    for (kind, action_name), group in groups.items():
+        allowed = [d.resource.id for d, a in group if a.allowed]
+        denied = [d.resource.id for d, a in group if not a.allowed]
+        attributes: dict[str, Any] = {
+            RESOURCE_KIND: kind,
+            ACTION: action_name,
+            ALLOWED_IDS: allowed,
+            DENIED_IDS: denied,
+            ALLOWED_COUNT: len(allowed),
+            DENIED_COUNT: len(denied),
+            POLICIES: sorted({a.policy for _, a in group}),
+        }
+        invalid = [d.resource.id for d, a in group if not a.allowed and d.validation_errors]
+        if invalid:
+            attributes[INVALID_IDS] = invalid
+        span.add_event(DECISIONS_EVENT, {**attributes, **common})
+
+
+def list_outcome(allowed: int, denied: int) -> None:
+    """How many listed components the caller may see, on the request's span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({ALLOWED_COUNT: allowed, DENIED_COUNT: denied})
+
+
+def _plan_effect(filter_kind: str) -> str:
+    return {"ALWAYS_ALLOWED": ALLOW, "ALWAYS_DENIED": DENY}.get(filter_kind, "CONDITIONAL")
 
 
 def check_attributes(entries: Sequence[tuple[Any, Sequence[str]]]) -> dict[str, Any]:
@@ -273,7 +459,13 @@ def tag_request(request_id: str, principal: Principal) -> None:
     """Who is asking, and the request id shared with the PDP's log, on the server span."""
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attributes({REQUEST_ID: request_id, PRINCIPAL_ID: principal.id})
+        span.set_attributes(
+            {
+                REQUEST_ID: request_id,
+                PRINCIPAL_ID: principal.id,
+                PRINCIPAL_ROLES: list(principal.roles),
+            }
+        )
 
 
 def mark_request(component_type: ComponentType, name: str) -> None:

@@ -79,6 +79,11 @@ class StrictJWTVerifier(JWTVerifier):
         self.cache_seconds = cache_seconds
         self.cache_size = cache_size
         self._verified: OrderedDict[str, tuple[AccessToken, float]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self._verified)}
 
     async def load_access_token(self, token: str) -> AccessToken | None:
         if not token or len(token) > MAX_TOKEN_LENGTH:
@@ -86,8 +91,10 @@ class StrictJWTVerifier(JWTVerifier):
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None and now < cached[1]:
+            self.hits += 1
             remembered = cached[0]
             return remembered if self._time_problem(remembered.claims, now) is None else None
+        self.misses += 1
         claims = await self._signed_claims(token)
         if claims is None:
             return None

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm.exc import StaleDataError
 
-from server.telemetry import sql as statement_spans
+from server.telemetry import sql as sql_tracing
 
 if TYPE_CHECKING:
     from server.store.credentials import DatabaseLogin
@@ -100,9 +100,16 @@ class Store:
         login: LoginSource | None = None,
         timeout_seconds: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
+        pool_size: int = 20,
+        statement_spans: bool = False,
     ) -> None:
         self.url = url
         self.login = login
+        # Connections kept open. A tool holds one for its whole transaction, PDP round trip
+        # included, so the pool must cover the requests in flight: past it, every extra
+        # connection is opened and closed again per use (for SQLite, a thread each time).
+        self.pool_size = pool_size
+        self.statement_spans = statement_spans
         self.clock = clock
         self.timeout_seconds = timeout_seconds
         self._current: _Engine | None = None
@@ -155,15 +162,19 @@ class Store:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             # SQLite has one writer at a time; a write (a change plus its signed outbox row) waits
             # up to 15 s for the lock under bursts of concurrent writers instead of failing.
-            engine = create_async_engine(url, connect_args={"timeout": 15})
+            engine = create_async_engine(
+                url, connect_args={"timeout": 15}, pool_size=self.pool_size
+            )
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(
                 url,
                 pool_pre_ping=True,
+                pool_size=self.pool_size,
                 connect_args={"timeout": self.timeout_seconds},
             )
-        statement_spans.instrument(engine)
+        if self.statement_spans:
+            sql_tracing.instrument(engine)
         generation = login.lease.generation if login is not None else 0
         return _Engine(engine, async_sessionmaker(engine, expire_on_commit=False), generation)
 

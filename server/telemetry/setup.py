@@ -27,7 +27,7 @@ import logging
 import sys
 import threading
 import uuid
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -48,6 +48,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Status
+from opentelemetry.util.types import Attributes
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.settings import Settings
@@ -179,6 +180,38 @@ def _redact_event(event: Event) -> Event:
     return Event(event.name, attributes, event.timestamp)
 
 
+class CachingTracerProvider(TracerProvider):
+    """The SDK's provider, with ``get_tracer`` answered from a dictionary after the first call.
+
+    FastMCP asks for its tracer on every request. The SDK's ``get_tracer`` rebuilds the
+    instrumentation scope and rewrites the process's warning filters on every call (which also
+    invalidates every warning registry), some 50-100 µs each time, before it finds the tracer it
+    already made. A tracer holds no per-request state, so handing out the same one is what the
+    SDK itself does, minus the rebuilding.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._made: dict[tuple[str, str | None, str | None], trace.Tracer] = {}
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        if attributes:  # rare, and not hashable as given: the SDK's own path
+            return super().get_tracer(
+                instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+            )
+        key = (instrumenting_module_name, instrumenting_library_version, schema_url)
+        tracer = self._made.get(key)
+        if tracer is None:
+            tracer = self._made[key] = super().get_tracer(*key)
+        return tracer
+
+
 _router = ProcessorRouter()
 _install_lock = threading.Lock()
 _installed = False
@@ -203,7 +236,7 @@ def install(settings: Settings) -> None:
                 "and its own processors receive spans without this module's redaction"
             )
         else:
-            provider = TracerProvider(
+            provider = CachingTracerProvider(
                 resource=resource(settings),
                 # Every request is traced, whatever the caller asks: an unsampled incoming
                 # traceparent must not let a caller switch off the record of its own decisions.

@@ -154,12 +154,33 @@ class AppRoleLogin:
     def __repr__(self) -> str:
         return f"AppRoleLogin(role={self.role!r}, mount={self.mount!r})"
 
-    def login(self, unauthenticated: hvac.Client, client_for: Callable[[str], hvac.Client]) -> Any:
-        if self._secret_id is None:
+    @classmethod
+    def from_credential(
+        cls, role_id: str, secret_id: str, *, mount: str, role: str
+    ) -> AppRoleLogin:
+        """A login with a secret id unwrapped elsewhere (a worker process's supervisor)."""
+        login = cls(
+            role_id_file=Path("/nonexistent"),
+            wrapped_secret_id_file=Path("/nonexistent"),
+            mount=mount,
+            role=role,
+        )
+        login._role_id, login._secret_id = role_id, secret_id
+        return login
+
+    def credential(
+        self, unauthenticated: hvac.Client, client_for: Callable[[str], hvac.Client]
+    ) -> tuple[str, str]:
+        """Role id and secret id, unwrapping the secret id (once) if not done yet."""
+        if self._secret_id is None or self._role_id is None:
             self._role_id, self._secret_id = self._unwrap(unauthenticated, client_for)
+        return self._role_id, self._secret_id
+
+    def login(self, unauthenticated: hvac.Client, client_for: Callable[[str], hvac.Client]) -> Any:
+        role_id, secret_id = self.credential(unauthenticated, client_for)
         response = unauthenticated.auth.approle.login(
-            role_id=self._role_id,
-            secret_id=self._secret_id,
+            role_id=role_id,
+            secret_id=secret_id,
             use_token=False,
             mount_point=self.mount,
         )

@@ -3,17 +3,29 @@ every PDP decision and every SQL statement of one call, recorded as they happen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from ops.devstack import PDP
 from server.authz.pdp import PolicyDecisionPoint
-from tests.support import RunningServer, insert_ticket
+from server.settings import Settings
+from tests.support import RunningServer, insert_ticket, start_server
 
 Event = tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    """Every decision asked of the PDP (no decision cache), so each one is observed here."""
+    running = start_server(make_settings(pdp, authz_cache_seconds=0), token)
+    yield running
+    running.stop()
 
 
 @pytest.fixture

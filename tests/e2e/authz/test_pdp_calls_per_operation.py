@@ -28,11 +28,25 @@ def add_many_tools(mcp: FastMCP[Any]) -> None:
     add_report_tools(mcp, EXTRA_TOOLS)
 
 
+# What each operation asks the PDP, without the decision cache (which answers repeated
+# component decisions itself: test_decision_cache.py).
+UNCACHED = {"authz_cache_seconds": 0}
+
+
+@pytest.fixture(scope="module")
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    running = start_server(make_settings(pdp, **UNCACHED), token)
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="module")
 def big_server(
     pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
 ) -> Iterator[RunningServer]:
-    running = start_server(make_settings(pdp), token, prepare=add_many_tools)
+    running = start_server(make_settings(pdp, **UNCACHED), token, prepare=add_many_tools)
     yield running
     running.stop()
 

@@ -1,10 +1,11 @@
 """One trace from the caller through the server into the PDP, the PDP's decision log and the
-server's spans pointing at each other, and a collector that is down costing calls nothing."""
+server's decision records pointing at each other, and a collector that is down costing calls
+nothing."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,16 @@ from tests.support import (
 )
 
 PDP_CHECK = "cerbos.svc.v1.CerbosService/CheckResources"
+
+
+@pytest.fixture(scope="module")
+def server(
+    pdp: PDP, make_settings: Callable[..., Settings], token: Callable[..., str]
+) -> Iterator[RunningServer]:
+    """Every decision from the PDP itself (no decision cache): each has its own log entry."""
+    running = start_server(make_settings(pdp, authz_cache_seconds=0), token)
+    yield running
+    running.stop()
 
 
 def tree_lines(spans: list[ReceivedSpan], parent: int, depth: int = 0) -> list[str]:
@@ -84,12 +95,10 @@ async def test_one_trace_runs_from_the_caller_through_the_server_into_the_pdp(
     pdp_checks = [s for s in spans if s.service == "cerbos" and s.name == PDP_CHECK]
     assert len(pdp_checks) >= 2  # the tool gate and the record check inside the tool
     for pdp_check in pdp_checks:
-        # caller -> MCP server span -> decision span -> PDP -> engine: one chain
+        # caller -> MCP server span (decisions as its events) -> PDP -> engine: one chain
         assert any(s.name == "engine.Check" and s.parent_id == pdp_check.span_id for s in spans)
-        decision = by_id[pdp_check.parent_id]
-        assert (decision.name, decision.service) == ("authz.check", "mcp-server-template")
-        assert decision.attributes["cerbos.call_id"]
-        served = by_id[decision.parent_id]
+        served = by_id[pdp_check.parent_id]
+        assert served.service == "mcp-server-template"
         assert served.name in ("tools/call get_ticket", "tools/list")
         while served.parent_id in by_id:
             served = by_id[served.parent_id]
@@ -106,18 +115,23 @@ async def test_the_pdp_decision_log_and_the_decision_span_point_at_each_other(
         tree = await spans_of_trace(spans, trace_id, has("tools/call get_ticket"))
 
     server_span = one(tree, "tools/call get_ticket", SERVER)
-    decisions = [s for s in children(tree, server_span) if s.name == "authz.check"]
+    decisions = [dict(e.attributes or {}) for e in server_span.events if e.name == "authz.decision"]
     assert len(decisions) == 2  # the tool gate, then the record check inside the tool
+    assert not children(tree, server_span)  # decisions are events, not spans
     by_call_id = {e["callId"]: e for e in entries}
-    for span in decisions:
-        # From the span to the log entry...
-        entry = by_call_id[span.attributes["cerbos.call_id"]]
-        # ...and from the entry back: the request id it carries is the span's, and its
-        # traceparent names the span's trace.
-        assert entry["metadata"]["x-request-id"]["values"] == [span.attributes["authz.request_id"]]
+    for decision in decisions:
+        # From the decision to the log entry...
+        entry = by_call_id[decision["cerbos.call_id"]]
+        (logged,) = entry["checkResources"]["inputs"]
+        assert logged["resource"]["id"] == decision["authz.resource.id"]
+        # ...and from the entry back: the request id it carries is the request's, and its
+        # traceparent names the request's span.
+        request_id = server_span.attributes["authz.request_id"]
+        assert entry["metadata"]["x-request-id"]["values"] == [request_id]
         (traceparent,) = entry["metadata"]["traceparent"]["values"]
         assert traceparent.split("-")[1] == f"{trace_id:032x}"
-        assert entry["checkResources"]["inputs"][0]["principal"]["id"] == "bob"
+        assert traceparent.split("-")[2] == f"{server_span.context.span_id:016x}"
+        assert logged["principal"]["id"] == "bob"
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
