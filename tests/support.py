@@ -295,20 +295,34 @@ def entry_principals(entry: dict[str, Any]) -> set[str]:
     return {i["principal"]["id"] for i in entry_inputs(entry)}
 
 
-SENTINEL = "erin"
+SENTINEL = "log-sentinel"
 
 
 async def decisions_since(
     server: RunningServer, audit_log: Path, since: int
 ) -> list[dict[str, Any]]:
-    """PDP decision-log entries after the first ``since`` ones, not counting erin's.
+    """PDP decision-log entries after the first ``since`` ones, the sentinel's left out.
 
-    The PDP writes its log asynchronously, so "no entry yet" proves nothing. A sentinel request
-    by erin reaches the PDP now; once its entry is in the log, everything before it is too. The
-    sentinel's own entries are left out.
+    The PDP writes its log asynchronously, so "no entry yet" proves nothing. A sentinel request,
+    sent straight to the PDP (never answered from the server's decision cache), reaches it now;
+    once its entry is in the log, everything before it is too.
     """
-    async with server.client(SENTINEL) as client:
-        await client.list_prompts()
+    from server.authz.decisions import ResourceRef
+    from server.authz.pdp import PolicyDecisionPoint
+    from server.edge.principal import Principal
+
+    pdp = PolicyDecisionPoint(
+        server.settings.pdp_address, timeout_seconds=5, max_resources_per_request=1
+    )
+    await pdp.start()
+    try:
+        await pdp.check(
+            Principal(id=SENTINEL, roles=("auditor",), department="compliance"),
+            [(ResourceRef("mcp_tool", "log_sentinel", {}), ("list",))],
+            request_id=f"sentinel-{secrets.token_hex(8)}",
+        )
+    finally:
+        await pdp.close()
 
     def sentinel_logged() -> bool:
         return any(SENTINEL in entry_principals(e) for e in audit_entries(audit_log)[since:])

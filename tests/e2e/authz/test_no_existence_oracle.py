@@ -44,8 +44,14 @@ def server(
 ) -> Iterator[RunningServer]:
     """A server of this module's own, with a PDP deadline well above a busy host's latency: a
     deadline missed on one path and not on the other would make them differ for a reason that
-    has nothing to do with the record (and fail closed, which other tests cover)."""
-    running = start_server(make_settings(pdp, pdp_timeout_seconds=3.0), token)
+    has nothing to do with the record (and fail closed, which other tests cover). The decision
+    cache is off: the tool gate is the same question on both paths, and a cache would answer it
+    on whichever path came second, which says nothing about the record either. Statement spans
+    are on: they are how the test sees the database work of each path."""
+    settings = make_settings(
+        pdp, pdp_timeout_seconds=3.0, authz_cache_seconds=0, otel_statement_spans=True
+    )
+    running = start_server(settings, token)
     yield running
     running.stop()
 
