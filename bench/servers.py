@@ -47,10 +47,12 @@ from server.authz.decisions import ActionDecision, CheckResult, ResourceDecision
 from server.authz.middleware import AuthorizationMiddleware
 from server.authz.request_context import RequestInfo, bind_request
 from server.capability import registry
+from server.capability.scope import CapabilityScope
 from server.edge.principal import Principal
 from server.runtime import build_runtime, tune_garbage_collection
 from server.settings import Settings
 from server.store.core import Store
+from server.store.stores import Stores
 from server.telemetry import setup as telemetry
 
 # --- bare --------------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ class NoVault:
 class BareRuntime:
     """What tools reach through injection (``get_store``, ``get_record_access``)."""
 
-    store: Store
+    stores: Stores
     pdp: AllowEverythingRecords
     identities: NoVault
 
@@ -127,8 +129,10 @@ class BareRuntime:
 def bare_server(settings: Settings) -> FastMCP[Any]:
     """The template's FastMCP, tools and store, without anything the template adds."""
     capabilities = registry.load(settings.capabilities)
+    # One SQLite store shared by every capability, as the full stack builds it on SQLite.
     store = Store(settings.database_url, pool_size=settings.database_pool_size)
-    runtime = BareRuntime(store=store, pdp=AllowEverythingRecords(), identities=NoVault())
+    stores = Stores({c.name: store for c in capabilities})
+    runtime = BareRuntime(stores=stores, pdp=AllowEverythingRecords(), identities=NoVault())
     tables = registry.all_tables(capabilities)
 
     @asynccontextmanager
@@ -145,7 +149,8 @@ def bare_server(settings: Settings) -> FastMCP[Any]:
         strict_input_validation=True,
         on_duplicate="error",
     )
-    registry.register(mcp, capabilities)
+    # The same component -> capability binding the full stack runs after its ALLOW.
+    mcp.add_middleware(CapabilityScope(registry.register(mcp, capabilities)))
     skip_listing_per_call(mcp)
     return mcp
 
