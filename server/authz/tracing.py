@@ -290,15 +290,8 @@ def pdp_request(
             yield DecisionRecorder()
             return
         event = DECISION_EVENT if name == CHECK_SPAN else PLAN_EVENT
-        recorder: DecisionRecorder = DecisionEvents(span, event, subjects, started)
-        try:
+        with _failures_recorded(DecisionEvents(span, event, subjects, started)) as recorder:
             yield recorder
-        except AuthorizationUnavailable as exc:
-            recorder.failed(exc.reason, exc.detail)
-            raise
-        except Exception as exc:
-            recorder.failed("internal_error", type(exc).__name__)
-            raise
         return
     # Exception messages can quote PDP replies; the reason says what happened.
     span = _tracer.start_span(
@@ -320,17 +313,24 @@ def pdp_request(
     with trace.use_span(
         span, end_on_exit=True, record_exception=False, set_status_on_exception=False
     ):
-        recorder = DecisionSpan(span)
         try:
-            yield recorder
-        except AuthorizationUnavailable as exc:
-            recorder.failed(exc.reason, exc.detail)
-            raise
-        except Exception as exc:
-            recorder.failed("internal_error", type(exc).__name__)
-            raise
+            with _failures_recorded(DecisionSpan(span)) as recorder:
+                yield recorder
         finally:
             span.set_attribute(LATENCY_MS, round((time.perf_counter() - started) * 1000, 3))
+
+
+@contextmanager
+def _failures_recorded(recorder: DecisionRecorder) -> Iterator[DecisionRecorder]:
+    """A failure inside the PDP request is recorded with its reason, then propagates."""
+    try:
+        yield recorder
+    except AuthorizationUnavailable as exc:
+        recorder.failed(exc.reason, exc.detail)
+        raise
+    except Exception as exc:
+        recorder.failed("internal_error", type(exc).__name__)
+        raise
 
 
 def cached_decisions(hits: Sequence[CachedDecision], now: float) -> None:
