@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +16,27 @@ import pytest
 
 from ops.dev_issuer import DevIssuer
 from ops.devstack import ManagedProcess, free_port, spawn, start_openbao, start_pdp, wait_until
+from server.capability.declaration import component_name
 from tests.support import ROOT
+from tools import CAPABILITIES
 
 SERVER_ENV_PREFIXES = ("MCP_", "VAULT_", "BAO_")
+
+
+def unused(name: str, taken: Collection[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``...: a clone may already have a tool or capability of
+    that very name (scaffolded by its owner), and the scaffold refuses a name that is taken."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+TAKEN_TOOLS = {component_name(fn) for c in CAPABILITIES for fn in c.tools}
+NEW_TOOL = unused("export_tickets", TAKEN_TOOLS)  # in an existing capability
+NEW_CAPABILITY = unused("reports", {c.name for c in CAPABILITIES})
+CAPABILITY_TOOL = unused("weekly_report", TAKEN_TOOLS | {NEW_TOOL})  # in the new capability
 
 
 def copy_checkout(target: Path) -> Path:
@@ -62,9 +80,11 @@ class Scaffolded:
 def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> Scaffolded:
     copy = copy_checkout(tmp_path_factory.mktemp("checkout"))
     python = sys.executable
-    output = run(copy, python, "-m", "ops", "new-tool", "export_tickets", "--capability", "tickets")
-    output += run(copy, python, "-m", "ops", "new-capability", "reports", "--identity")
-    output += run(copy, python, "-m", "ops", "new-tool", "weekly_report", "--capability", "reports")
+    output = run(copy, python, "-m", "ops", "new-tool", NEW_TOOL, "--capability", "tickets")
+    output += run(copy, python, "-m", "ops", "new-capability", NEW_CAPABILITY, "--identity")
+    output += run(
+        copy, python, "-m", "ops", "new-tool", CAPABILITY_TOOL, "--capability", NEW_CAPABILITY
+    )
     return Scaffolded(copy, output)
 
 
@@ -72,12 +92,13 @@ def test_the_scaffold_says_what_it_wrote_and_that_no_rule_was_needed(
     scaffolded: Scaffolded,
 ) -> None:
     out = scaffolded.output
-    assert "wrote tools/tickets/export_tickets.py" in out
+    assert f"wrote tools/tickets/{NEW_TOOL}.py" in out
     assert "edited policies/tests/mcp_tool_test.yaml" in out
-    assert "wrote config/vault/policies/mcp-reports.hcl" in out
+    assert f"wrote config/vault/policies/mcp-{NEW_CAPABILITY}.hcl" in out
     assert "policies/mcp_tool.yaml: no rule written" in out
     assert "`make identities` lists it" in out
-    assert "accepted new tool export_tickets" in out and "accepted new tool weekly_report" in out
+    assert f"accepted new tool {NEW_TOOL}" in out
+    assert f"accepted new tool {CAPABILITY_TOOL}" in out
 
 
 def test_right_after_the_scaffold_nothing_is_stale_and_lint_and_policies_pass(
@@ -182,7 +203,7 @@ async def test_the_new_tools_are_for_admins_only_and_run(
     def client(who: str) -> Client:  # type: ignore[type-arg]
         return Client(StreamableHttpTransport(copy_server.url, auth=token(who)))
 
-    new = {"export_tickets", "weekly_report"}
+    new = {NEW_TOOL, CAPABILITY_TOOL}
     for who in ("alice", "bob", "carol", "erin", "mallory"):
         async with client(who) as session:
             assert not new & {t.name for t in await session.list_tools()}, who
@@ -205,7 +226,7 @@ def test_the_new_capability_has_its_own_vault_identity(
         f"--admin-token-file={copy_server.admin_token_file}",
         env={"MCP_TRANSPORT": "stdio", "MCP_VAULT_ADDRESS": copy_server.vault_address},
     )
-    rows = [line for line in table.splitlines() if line.startswith("reports ")]
-    assert rows and "token role mcp-reports" in rows[0]
-    assert "secret/data/tools/reports/config" in rows[0]
-    assert "reports: default policy no" in table
+    rows = [line for line in table.splitlines() if line.startswith(f"{NEW_CAPABILITY} ")]
+    assert rows and f"token role mcp-{NEW_CAPABILITY}" in rows[0]
+    assert f"secret/data/tools/{NEW_CAPABILITY}/config" in rows[0]
+    assert f"{NEW_CAPABILITY}: default policy no" in table
