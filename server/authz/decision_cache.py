@@ -163,6 +163,4 @@ def _frozen(value: Any) -> Hashable:
         return tuple(_frozen(v) for v in value)
     if isinstance(value, float) and math.isnan(value):
         return "NaN"  # NaN != NaN would make the entry unreachable, not wrong
-    if isinstance(value, bool):
-        return ("bool", value)
     return value  # type: ignore[no-any-return]
