@@ -320,14 +320,7 @@ def _vault_bootstrap(
         admin,
         out_dir=out_dir or settings.vault_role_id_file.parent,
         capabilities=registry.load(settings.capabilities),
-        config=BootstrapConfig(
-            approle_mount=settings.vault_approle_mount,
-            server_role=settings.vault_approle_role,
-            role_prefix=settings.vault_role_prefix,
-            kv_mount=settings.vault_kv_mount,
-            transit_mount=settings.vault_transit_mount,
-            database_mount=settings.vault_database_mount,
-        ),
+        config=BootstrapConfig.from_settings(settings),
         database=database,
     )
     for item in result.created:

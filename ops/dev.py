@@ -110,13 +110,7 @@ def run_dev(
                     postgres.url(), postgres.owner, postgres.owner_password_file
                 )
             admin = admin_client(settings, vault.root_token)
-            config = BootstrapConfig(
-                approle_mount=settings.vault_approle_mount,
-                server_role=settings.vault_approle_role,
-                role_prefix=settings.vault_role_prefix,
-                kv_mount=settings.vault_kv_mount,
-                transit_mount=settings.vault_transit_mount,
-            )
+            config = BootstrapConfig.from_settings(settings)
             # Idempotent: policies and roles rewritten to the same content, secrets and keys
             # created only when absent, and a fresh credential for this server.
             bootstrap(

@@ -114,9 +114,7 @@ def run_stdio(settings: Settings, name: str) -> int:
         launcher_token = token_file.read_text().strip()
     except OSError:
         raise SystemExit(f"stdio: {token_file} is missing: restart `make dev`") from None
-    config = BootstrapConfig(
-        approle_mount=settings.vault_approle_mount, server_role=settings.vault_approle_role
-    )
+    config = BootstrapConfig.from_settings(settings)
     with tempfile.TemporaryDirectory(prefix="mcp-stdio-", ignore_cleanup_errors=True) as private:
         launcher = admin_client(settings, launcher_token)
         try:

@@ -66,6 +66,18 @@ class BootstrapConfig:
     # before, as each one also dies with the identity token that obtained it.
     database_credential_ttl: int = 900
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BootstrapConfig:
+        """The mounts and role names the server will look for; lifetimes keep their defaults."""
+        return cls(
+            approle_mount=settings.vault_approle_mount,
+            server_role=settings.vault_approle_role,
+            role_prefix=settings.vault_role_prefix,
+            kv_mount=settings.vault_kv_mount,
+            transit_mount=settings.vault_transit_mount,
+            database_mount=settings.vault_database_mount,
+        )
+
     @property
     def names(self) -> VaultNames:
         return VaultNames(self.role_prefix, self.kv_mount, self.transit_mount, self.database_mount)
